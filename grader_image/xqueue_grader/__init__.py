@@ -1,0 +1,1 @@
+"""xqueue_grader."""

@@ -1,0 +1,1 @@
+"""coursegrader_operator."""
