@@ -1,0 +1,178 @@
+"""The JSON admin API (``/api/v1``) used by administrators and the operator.
+
+Authentication: an admin account through HTTP Basic, a Bearer token or a session. The queue-length
+endpoint is also open to accounts allowed to pull that queue (a course's grader account).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from .auth import can_pull, hash_password, new_secret, digest_secret
+from .context import AppContext, current_account
+from .db import Account
+
+routes = web.RouteTableDef()
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,127}$")
+
+
+def error(status: int, message: str) -> web.Response:
+    headers = {"WWW-Authenticate": 'Basic realm="xqueue"'} if status == 401 else None
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+async def require_admin(request: web.Request) -> Account | web.Response:
+    account = await current_account(request)
+    if account is None:
+        return error(401, "authentication required")
+    if not account.is_admin:
+        return error(403, "admin account required")
+    return account
+
+
+async def json_body(request: web.Request) -> dict[str, Any] | web.Response:
+    if request.content_length is not None and request.content_length > 1_000_000:
+        return error(413, "body too large")
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        return error(400, "body must be a JSON object")
+    if not isinstance(body, dict):
+        return error(400, "body must be a JSON object")
+    return body
+
+
+def queue_list(body: dict[str, Any], key: str) -> list[str] | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"'{key}' must be a list of queue names or null")
+    return value
+
+
+@routes.get("/api/v1/queues")
+async def list_queues(request: web.Request) -> web.Response:
+    auth = await require_admin(request)
+    if isinstance(auth, web.Response):
+        return auth
+    return web.json_response({"queues": await AppContext.of(request).db.queue_stats()})
+
+
+@routes.put("/api/v1/queues/{name}")
+async def create_queue(request: web.Request) -> web.Response:
+    auth = await require_admin(request)
+    if isinstance(auth, web.Response):
+        return auth
+    name = request.match_info["name"]
+    if not NAME_PATTERN.match(name):
+        return error(400, "queue names are 1-128 characters: letters, digits and _ . : @ + -")
+    created = await AppContext.of(request).db.create_queue(name)
+    return web.json_response({"name": name, "created": created}, status=201 if created else 200)
+
+
+@routes.delete("/api/v1/queues/{name}")
+async def delete_queue(request: web.Request) -> web.Response:
+    auth = await require_admin(request)
+    if isinstance(auth, web.Response):
+        return auth
+    ctx = AppContext.of(request)
+    name = request.match_info["name"]
+    deleted = await ctx.db.delete_queue(name)
+    ctx.forget_queue(name)
+    return web.json_response({"name": name, "deleted": deleted})
+
+
+@routes.get("/api/v1/queues/{name}/length")
+async def queue_length(request: web.Request) -> web.Response:
+    account = await current_account(request)
+    if account is None:
+        return error(401, "authentication required")
+    name = request.match_info["name"]
+    if not can_pull(account, name):
+        return error(403, f"not allowed to read queue '{name}'")
+    stats = await AppContext.of(request).db.queue_stats(name)
+    if not stats:
+        return error(404, f"Queue '{name}' not found")
+    row = stats[0]
+    return web.json_response({
+        "queue": name, "queued": row["queued"], "in_flight": row["in_flight"],
+        "oldest_queued_age_seconds": row["oldest_queued_age_seconds"],
+    })
+
+
+@routes.put("/api/v1/users/{username}")
+async def put_user(request: web.Request) -> web.Response:
+    auth = await require_admin(request)
+    if isinstance(auth, web.Response):
+        return auth
+    body = await json_body(request)
+    if isinstance(body, web.Response):
+        return body
+    username = request.match_info["username"]
+    if not NAME_PATTERN.match(username):
+        return error(400, "usernames are 1-128 characters: letters, digits and _ . : @ + -")
+    password = body.get("password")
+    if not isinstance(password, str) or not 8 <= len(password) <= 1024:
+        return error(400, "'password' must be a string of 8 to 1024 characters")
+    is_admin = body.get("is_admin", False)
+    if not isinstance(is_admin, bool):
+        return error(400, "'is_admin' must be a boolean")
+    try:
+        pull_queues = queue_list(body, "pull_queues")
+        submit_queues = queue_list(body, "submit_queues")
+    except ValueError as exc:
+        return error(400, str(exc))
+    import asyncio
+
+    password_hash = await asyncio.to_thread(hash_password, password)
+    created = await AppContext.of(request).db.upsert_account(
+        username, password_hash, is_admin, pull_queues, submit_queues
+    )
+    return web.json_response(
+        {"username": username, "created": created, "is_admin": is_admin,
+         "pull_queues": pull_queues, "submit_queues": submit_queues},
+        status=201 if created else 200,
+    )
+
+
+@routes.delete("/api/v1/users/{username}")
+async def delete_user(request: web.Request) -> web.Response:
+    auth = await require_admin(request)
+    if isinstance(auth, web.Response):
+        return auth
+    username = request.match_info["username"]
+    deleted = await AppContext.of(request).db.delete_account(username)
+    return web.json_response({"username": username, "deleted": deleted})
+
+
+@routes.post("/api/v1/tokens")
+async def create_token(request: web.Request) -> web.Response:
+    auth = await require_admin(request)
+    if isinstance(auth, web.Response):
+        return auth
+    body = await json_body(request)
+    if isinstance(body, web.Response):
+        return body
+    ctx = AppContext.of(request)
+    username = body.get("username")
+    if not isinstance(username, str):
+        return error(400, "'username' is required")
+    ttl = body.get("ttl_seconds")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
+        return error(400, "'ttl_seconds' must be a positive number or null")
+    try:
+        pull_queues = queue_list(body, "pull_queues")
+        submit_queues = queue_list(body, "submit_queues")
+    except ValueError as exc:
+        return error(400, str(exc))
+    found = await ctx.db.get_account_with_hash(username)
+    if found is None:
+        return error(404, f"no account '{username}'")
+    secret = new_secret()
+    await ctx.db.create_token(digest_secret(secret), found[0].id, pull_queues, submit_queues, ttl)
+    return web.json_response({"token": secret}, status=201, dumps=json.dumps)

@@ -1,0 +1,164 @@
+"""The application factory: builds the aiohttp app and owns its resources (database pool, LISTEN
+connection, outbox worker, housekeeping) through ``cleanup_ctx``, so tests run the production app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import yaml
+from aiohttp import web
+
+from . import admin_api, classic_api, ops_api
+from .auth import Authenticator, hash_password
+from .config import Settings
+from .context import CONTEXT_KEY, AppContext
+from .db import Database
+from .delivery import CallbackDeliverer
+from .housekeeping import Housekeeper
+from .metrics import Metrics
+from .protocol import NOT_FOUND_BODY, SERVER_ERROR_BODY
+from .storage import make_storage
+from .waiters import QueueWaiters
+
+log = logging.getLogger("xqueue.app")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Upstream's 404/500 bodies, no stack traces to clients, and request latency metrics."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        if exc.status == 404:
+            raise web.HTTPNotFound(text=NOT_FOUND_BODY) from None
+        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        status = 499
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"fields": {"path": request.path, "method": request.method}})
+        raise web.HTTPInternalServerError(text=SERVER_ERROR_BODY) from None
+    finally:
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        context = request.app.get(CONTEXT_KEY)
+        if context is not None:
+            context.metrics.requests.labels(route, request.method, str(status)).observe(
+                time.perf_counter() - started
+            )
+
+
+async def seed_from_settings(db: Database, settings: Settings) -> None:
+    """Queues and users named in the configuration exist after start-up (upstream XQUEUES / USERS)."""
+    for name in settings.queues:
+        await db.create_queue(name)
+    if settings.users_file:
+        await import_users(db, Path(settings.users_file))
+
+
+async def import_users(db: Database, path: Path) -> list[str]:
+    """Create or reset the accounts of a ``{username: password}`` YAML file, like ``update_users``."""
+    users = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(users, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in users.items()):
+        raise ValueError(f"{path} must map usernames to passwords")
+    for username, password in users.items():
+        found = await db.get_account_with_hash(username)
+        password_hash = await asyncio.to_thread(hash_password, password)
+        if found is None:
+            await db.upsert_account(username, password_hash)
+        else:
+            await db.set_password(username, password_hash)
+    return list(users)
+
+
+def create_app(settings: Settings) -> web.Application:
+    if not settings.database_url:
+        raise ValueError("create_app needs settings.database_url (the CLI starts a local PostgreSQL when unset)")
+    app = web.Application(
+        middlewares=[
+            # Upstream (Django APPEND_SLASH) answers 301 for a missing trailing slash.
+            web.normalize_path_middleware(append_slash=True, redirect_class=web.HTTPMovedPermanently),
+            errors_and_metrics,
+        ],
+        client_max_size=settings.max_request_bytes + 1_000_000,
+    )
+    app.add_routes(classic_api.routes)
+    app.add_routes(admin_api.routes)
+    app.add_routes(ops_api.routes)
+    app.cleanup_ctx.append(lambda app: _lifecycle(app, settings))
+    return app
+
+
+async def _lifecycle(app: web.Application, settings: Settings) -> AsyncIterator[None]:
+    assert settings.database_url
+    db = await Database.connect(settings.database_url, settings.db_pool_min, settings.db_pool_max)
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        applied = await db.migrate()
+        if applied:
+            log.info("schema migrations applied", extra={"fields": {"migrations": applied}})
+        await seed_from_settings(db, settings)
+        signing_key = await db.get_secret("file_url_signing_key")
+        assert signing_key, "migration 0001 creates the signing key"
+        metrics = Metrics()
+        storage = make_storage(settings, signing_key)
+        waiters = QueueWaiters()
+        ctx = AppContext(
+            settings=settings,
+            db=db,
+            auth=Authenticator(db, settings.session_max_age_seconds),
+            storage=storage,
+            metrics=metrics,
+            waiters=waiters,
+            signing_key=signing_key,
+        )
+        app[CONTEXT_KEY] = ctx
+        deliverer = CallbackDeliverer(db, settings, metrics)
+        housekeeper = Housekeeper(db, settings, metrics, storage)
+        tasks = [
+            asyncio.create_task(_listen_forever(db, waiters, deliverer), name="xqueue-listen"),
+            asyncio.create_task(deliverer.run(), name="xqueue-deliver"),
+            asyncio.create_task(housekeeper.run_sweeper(), name="xqueue-sweep"),
+            asyncio.create_task(housekeeper.run_housekeeping(), name="xqueue-housekeeping"),
+        ]
+        log.info("xqueue server ready", extra={"fields": {"storage": settings.storage}})
+        yield
+        waiters.stop()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await db.close()
+
+
+async def _listen_forever(db: Database, waiters: QueueWaiters, deliverer: CallbackDeliverer) -> None:
+    """Keep one LISTEN connection open; reconnect with capped backoff if the database goes away."""
+    delay = 0.5
+    while True:
+        try:
+            async with db.listen("xqueue_submissions", waiters.notify) as conn:
+                await conn.add_listener("xqueue_callbacks", lambda *_args: deliverer.notify())
+                delay = 0.5
+                # Work that arrived while we were not listening is picked up now.
+                waiters.notify_all()
+                deliverer.notify()
+                while not conn.is_closed():
+                    await asyncio.sleep(1.0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("LISTEN connection lost; reconnecting", extra={"fields": {"error": repr(exc)}})
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 10.0)

@@ -1,0 +1,232 @@
+"""The seven classic XQueue endpoints, wire-compatible with upstream (xqueue-protocol.md §2, §11).
+
+Handlers are thin: parse, call the database or storage, shape the envelope. Every application error
+is HTTP 200 with ``return_code`` 1, as upstream; unauthenticated calls get upstream's 302 to login.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, NoReturn
+from urllib.parse import quote
+
+from aiohttp import web
+
+from . import protocol as p
+from .auth import can_pull, can_submit, visible_queues
+from .context import AppContext, client_ip, current_account, set_session_cookie
+from .uploads import UploadError, read_submit_form
+
+log = logging.getLogger("xqueue.classic")
+routes = web.RouteTableDef()
+
+
+def reply(payload: dict[str, Any]) -> web.Response:
+    return web.json_response(payload)
+
+
+def redirect_to_login(request: web.Request) -> NoReturn:
+    # Like Django's login_required: the original path and query go into ?next=, '/' unescaped.
+    next_value = quote(request.path_qs, safe="/")
+    raise web.HTTPFound(location=f"/xqueue/login/?next={next_value}")
+
+
+@routes.route("*", "/xqueue/login/")
+async def login(request: web.Request) -> web.Response:
+    ctx = AppContext.of(request)
+    if request.method != "POST":
+        response = reply(p.failure(p.LOGIN_REQUIRED))
+        # Newer xqueue-watchers GET this page first to pick up a CSRF cookie; harmless for others.
+        response.set_cookie("csrftoken", ctx.csrf_token(), samesite="Lax", path="/")
+        return response
+    try:
+        form = await request.post()
+    except (ValueError, web.HTTPException):
+        return reply(p.failure(p.INSUFFICIENT_LOGIN_INFO))
+    username, password = form.get("username"), form.get("password")
+    # Upstream answered 500 when only the username was missing; both missing fields get this message.
+    if not isinstance(username, str) or not isinstance(password, str):
+        return reply(p.failure(p.INSUFFICIENT_LOGIN_INFO))
+    account = await ctx.auth.check_password(username, password)
+    if account is None:
+        log.info("login failed", extra={"fields": {"username": username[:128], "ip": client_ip(request)}})
+        return reply(p.failure(p.INCORRECT_CREDENTIALS))
+    secret = await ctx.auth.login(account)
+    response = reply(p.success(p.LOGGED_IN))
+    set_session_cookie(response, secret, ctx.settings)
+    response.set_cookie("csrftoken", ctx.csrf_token(), samesite="Lax", path="/")
+    log.info("login", extra={"fields": {"username": account.username, "ip": client_ip(request)}})
+    return response
+
+
+@routes.route("*", "/xqueue/logout/")
+async def logout(request: web.Request) -> web.Response:
+    ctx = AppContext.of(request)
+    secret = request.cookies.get("sessionid")
+    if secret:
+        await ctx.auth.logout(secret)
+    response = reply(p.success(p.GOODBYE))
+    response.del_cookie("sessionid", path="/")
+    return response
+
+
+@routes.route("*", "/xqueue/status/")
+async def status(request: web.Request) -> web.Response:
+    return reply(p.success(p.STATUS_OK))
+
+
+@routes.route("*", "/xqueue/submit/")
+async def submit(request: web.Request) -> web.Response:
+    ctx = AppContext.of(request)
+    account = await current_account(request)
+    if account is None:
+        return redirect_to_login(request)
+    if request.method != "POST":
+        return reply(p.failure(p.SUBMIT_NOT_POST))
+    try:
+        form = await read_submit_form(request, ctx.settings)
+    except UploadError as exc:
+        return reply(p.failure(exc.message))
+    try:
+        parsed = p.parse_submit(
+            form.fields.get("xqueue_header"),
+            form.fields.get("xqueue_body"),
+            ctx.settings.max_header_bytes,
+            ctx.settings.max_body_bytes,
+        )
+    except p.ProtocolError as exc:
+        log.error("Invalid queue submission from LMS", extra={"fields": {
+            "lms_ip": client_ip(request), "reason": exc.message}})
+        return reply(p.failure(exc.message))
+    if not await ctx.queue_exists(parsed.queue_name):
+        return reply(p.failure(p.queue_not_found(parsed.queue_name)))
+    if not can_submit(account, parsed.queue_name):
+        return reply(p.failure(f"Not authorized to submit to queue '{parsed.queue_name}'"))
+    stored: dict[str, str] = {}
+    for filename, data in form.files.items():
+        key = ctx.new_storage_key()
+        await ctx.storage.save(key, data)
+        stored[filename] = key
+    submission_id, queue_length, superseded = await ctx.db.insert_submission(
+        parsed.queue_name, parsed.callback_url, parsed.xqueue_header, parsed.xqueue_body, stored,
+        client_ip(request),
+    )
+    ctx.metrics.submissions.labels(parsed.queue_name).inc()
+    if superseded:
+        ctx.metrics.superseded.labels(parsed.queue_name).inc(superseded)
+    log.info("submission queued", extra={"fields": {
+        "submission_id": submission_id, "queue": parsed.queue_name, "files": len(stored),
+        "superseded": superseded, "account": account.username}})
+    return reply(p.success(str(queue_length)))
+
+
+@routes.route("*", "/xqueue/get_queuelen/")
+async def get_queuelen(request: web.Request) -> web.Response:
+    ctx = AppContext.of(request)
+    account = await current_account(request)
+    if account is None:
+        return redirect_to_login(request)
+    if request.method != "GET":
+        return reply(p.failure("'get_queuelen' must use HTTP GET"))
+    queue_name = request.query.get("queue_name")
+    if queue_name is None:
+        return reply(p.failure(p.missing_queue_param("get_queuelen")))
+    if not await ctx.queue_exists(queue_name) or not (can_pull(account, queue_name) or can_submit(account, queue_name)):
+        names = visible_queues(account, await ctx.db.list_queue_names())
+        return reply(p.failure(p.valid_queue_names(names)))
+    return reply(p.success(await ctx.db.queue_length(queue_name)))
+
+
+@routes.route("*", "/xqueue/get_submission/")
+async def get_submission(request: web.Request) -> web.Response:
+    ctx = AppContext.of(request)
+    account = await current_account(request)
+    if account is None:
+        return redirect_to_login(request)
+    if request.method != "GET":
+        return reply(p.failure("'get_submission' must use HTTP GET"))
+    queue_name = request.query.get("queue_name")
+    if queue_name is None:
+        return reply(p.failure(p.missing_queue_param("get_submission")))
+    try:
+        wait = p.parse_positive_number(request.query.get("wait"), "wait", ctx.settings.long_poll_max_seconds)
+        bulk = p.parse_positive_number(request.query.get("max"), "max", ctx.settings.bulk_max)
+    except p.ProtocolError as exc:
+        return reply(p.failure(exc.message))
+    if not await ctx.queue_exists(queue_name):
+        return reply(p.failure(p.queue_not_found(queue_name)))
+    if not can_pull(account, queue_name):
+        return reply(p.failure(f"Not authorized to pull from queue '{queue_name}'"))
+    limit = max(1, int(bulk)) if bulk is not None else 1
+    deadline = time.monotonic() + (wait or 0.0)
+    grader_id = client_ip(request)
+    while True:
+        claimed = await ctx.db.claim_submissions(
+            queue_name, limit, ctx.settings.lease_seconds, ctx.settings.max_pulls, grader_id
+        )
+        remaining = deadline - time.monotonic()
+        if claimed or remaining <= 0 or ctx.waiters.stopping.is_set():
+            break
+        # Woken by NOTIFY when work arrives; re-check at least every 2 s for expired leases.
+        await ctx.waiters.wait(queue_name, min(remaining, 2.0))
+    if not claimed:
+        ctx.metrics.empty_pulls.labels(queue_name).inc()
+        return reply(p.failure(p.queue_empty(queue_name)))
+    base_url = ctx.public_base_url(request)
+    contents = []
+    for item in claimed:
+        urls = {name: await ctx.storage.url(key, base_url, ctx.settings.file_url_ttl_seconds)
+                for name, key in item.files.items()}
+        contents.append(p.submission_content(item.id, item.pullkey, item.xqueue_body, urls))
+        ctx.metrics.pulls.labels(queue_name).inc()
+        if item.was_expired:
+            ctx.metrics.lease_expiries.labels(queue_name).inc()
+    log.info("submissions pulled", extra={"fields": {
+        "queue": queue_name, "ids": [c.id for c in claimed], "grader": grader_id, "account": account.username}})
+    if bulk is None:
+        return reply(p.success(json.dumps(contents[0])))
+    return reply(p.success(json.dumps(contents)))
+
+
+@routes.route("*", "/xqueue/put_result/")
+async def put_result(request: web.Request) -> web.Response:
+    ctx = AppContext.of(request)
+    account = await current_account(request)
+    if account is None:
+        return redirect_to_login(request)
+    if request.method != "POST":
+        return reply(p.failure(p.PUT_NOT_POST))
+    try:
+        form = await request.post()
+    except (ValueError, web.HTTPException) as exc:
+        return reply(p.failure(f"{p.INCORRECT_REPLY_FORMAT}: {exc}"))
+    bulk = form.get("results")
+    if isinstance(bulk, str):
+        try:
+            items = p.parse_bulk_results(bulk)
+        except p.ProtocolError as exc:
+            return reply(p.failure(exc.message))
+        if len(items) > ctx.settings.bulk_max:
+            return reply(p.failure(f"{p.INCORRECT_REPLY_FORMAT}: at most {ctx.settings.bulk_max} results per call"))
+        outcomes = [await _record_one(ctx, header, body) for header, body in items]
+        return reply(p.success(outcomes))
+    return reply(await _record_one(ctx, form.get("xqueue_header"), form.get("xqueue_body")))
+
+
+async def _record_one(ctx: AppContext, header: Any, body: Any) -> dict[str, Any]:
+    try:
+        parsed = p.parse_reply(header, body)
+    except p.ProtocolError as exc:
+        ctx.metrics.results.labels("invalid").inc()
+        return p.failure(exc.message)
+    outcome = await ctx.db.record_result(parsed.submission_id, parsed.submission_key, parsed.xqueue_body)
+    ctx.metrics.results.labels(outcome).inc()
+    if outcome in ("recorded", "duplicate"):
+        log.info("result recorded", extra={"fields": {"submission_id": parsed.submission_id, "outcome": outcome}})
+        return p.success("")
+    if outcome == "missing":
+        return p.failure(p.SUBMISSION_DOES_NOT_EXIST)
+    log.info("result rejected: stale or wrong key", extra={"fields": {"submission_id": parsed.submission_id}})
+    return p.failure(p.INCORRECT_KEY)

@@ -1,0 +1,361 @@
+"""The one module that talks to PostgreSQL.
+
+Queries come from ``sql/queries.sql`` (each under a ``-- name:`` line); migrations from
+``sql/migrations/NNNN_*.sql``. Callers get plain Python values back, never build SQL themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+SQL_DIR = resources.files("xqueue_server") / "sql"
+# A lock id of our own, so concurrent replicas never apply migrations twice.
+MIGRATION_LOCK_ID = 0x58515545  # "XQUE"
+
+
+def load_queries(text: str) -> dict[str, str]:
+    """Split a queries file into {name: sql} on ``-- name: <name>`` lines."""
+    queries: dict[str, str] = {}
+    parts = re.split(r"^-- name: *(\w+) *$", text, flags=re.MULTILINE)
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        queries[name] = body.strip()
+    return queries
+
+
+QUERIES = load_queries((SQL_DIR / "queries.sql").read_text())
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    """(version, name, sql) for every migration, in order."""
+    found = []
+    for entry in (SQL_DIR / "migrations").iterdir():
+        match = re.match(r"^(\d{4})_(\w+)\.sql$", entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text()))
+    return sorted(found)
+
+
+@dataclass(frozen=True)
+class Account:
+    id: int
+    username: str
+    is_admin: bool
+    pull_queues: tuple[str, ...] | None  # None = unrestricted
+    submit_queues: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class ClaimedSubmission:
+    id: int
+    pullkey: str
+    xqueue_body: str
+    files: dict[str, str]  # filename -> storage key
+    was_expired: bool  # it had been pulled before and its lease ran out
+
+
+@dataclass(frozen=True)
+class DueCallback:
+    id: int
+    submission_id: int | None
+    kind: str
+    url: str
+    xqueue_header: str
+    xqueue_body: str
+    attempts: int
+    age_seconds: float
+
+
+def _tuple_or_none(value: Sequence[str] | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(value)
+
+
+def _intersect(a: tuple[str, ...] | None, b: Sequence[str] | None) -> tuple[str, ...] | None:
+    if b is None:
+        return a
+    if a is None:
+        return tuple(b)
+    return tuple(q for q in a if q in b)
+
+
+def _account(row: asyncpg.Record) -> Account:
+    return Account(
+        id=row["id"],
+        username=row["username"],
+        is_admin=row["is_admin"],
+        pull_queues=_tuple_or_none(row["pull_queues"]),
+        submit_queues=_tuple_or_none(row["submit_queues"]),
+    )
+
+
+class Database:
+    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+        self.pool = pool
+        self.dsn = dsn
+
+    @classmethod
+    async def connect(cls, dsn: str, min_size: int = 2, max_size: int = 20) -> Database:
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=30)
+        return cls(pool, dsn)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    # ------------------------------------------------------------------ migrations
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations under an advisory lock; returns the names applied."""
+        applied: list[str] = []
+        async with self.pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+            try:
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version integer PRIMARY KEY, name text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                for version, name, sql in migration_files():
+                    if version in done:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(sql)
+                        await conn.execute(
+                            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+                        )
+                    applied.append(name)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+        return applied
+
+    async def schema_version(self) -> int:
+        return int(await self.pool.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
+
+    async def ping(self) -> bool:
+        return bool(await self.pool.fetchval("SELECT 1", timeout=2))
+
+    # ------------------------------------------------------------------ queues
+    async def queue_exists(self, name: str) -> bool:
+        return bool(await self.pool.fetchval(QUERIES["queue_exists"], name))
+
+    async def list_queue_names(self) -> list[str]:
+        return [r["name"] for r in await self.pool.fetch(QUERIES["list_queue_names"])]
+
+    async def create_queue(self, name: str) -> bool:
+        return await self.pool.fetchval(QUERIES["create_queue"], name) is not None
+
+    async def delete_queue(self, name: str) -> bool:
+        return await self.pool.fetchval(QUERIES["delete_queue"], name) is not None
+
+    async def queue_stats(self, name: str | None = None) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(QUERIES["queue_stats"], name)
+        return [
+            {
+                "name": r["name"],
+                "queued": r["queued"],
+                "in_flight": r["in_flight"],
+                "oldest_queued_age_seconds": r["oldest_queued_age_seconds"],
+            }
+            for r in rows
+        ]
+
+    async def queue_length(self, name: str) -> int:
+        return int(await self.pool.fetchval(QUERIES["queue_length"], name))
+
+    # ------------------------------------------------------------------ submissions
+    async def insert_submission(
+        self,
+        queue_name: str,
+        callback_url: str,
+        xqueue_header: str,
+        xqueue_body: str,
+        files: dict[str, str],
+        requester_id: str,
+    ) -> tuple[int, int, int]:
+        """Store a submission; returns (id, queue length after insert, superseded count)."""
+        row = await self.pool.fetchrow(
+            QUERIES["insert_submission"],
+            queue_name,
+            callback_url,
+            xqueue_header,
+            xqueue_body,
+            json.dumps(files),
+            requester_id,
+        )
+        return row["id"], row["queue_length"], row["superseded"]
+
+    async def claim_submissions(
+        self, queue_name: str, limit: int, lease_seconds: float, max_pulls: int, grader_id: str
+    ) -> list[ClaimedSubmission]:
+        rows = await self.pool.fetch(
+            QUERIES["claim_submissions"], queue_name, limit, float(lease_seconds), max_pulls, grader_id
+        )
+        return [
+            ClaimedSubmission(
+                id=r["id"],
+                pullkey=r["pullkey"],
+                xqueue_body=r["xqueue_body"],
+                files=json.loads(r["files"]) if isinstance(r["files"], str) else dict(r["files"]),
+                was_expired=r["was_expired"],
+            )
+            for r in sorted(rows, key=lambda r: r["id"])
+        ]
+
+    async def record_result(self, submission_id: int, pullkey: str, body: str) -> str:
+        """Store a grader reply. Returns 'recorded', 'duplicate', 'missing' or 'bad_key'."""
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(QUERIES["record_result"], submission_id, pullkey, body)
+            if row["recorded"]:
+                return "recorded"
+            current = await conn.fetchrow(QUERIES["submission_key_state"], submission_id)
+        if current is None:
+            return "missing"
+        if current["pullkey"] == pullkey and current["state"] in ("answered", "delivered"):
+            # The same grader posting the same submission again (a retried request): already stored.
+            return "duplicate"
+        return "bad_key"
+
+    async def retire_poison(self, max_pulls: int, failure_body: str) -> list[tuple[int, str]]:
+        rows = await self.pool.fetch(QUERIES["retire_poison_submissions"], max_pulls, failure_body)
+        return [(r["id"], r["queue_name"]) for r in rows]
+
+    async def delete_finished(self, days: float, batch: int = 1000) -> list[tuple[int, dict[str, str]]]:
+        rows = await self.pool.fetch(QUERIES["delete_finished_submissions"], float(days), batch)
+        return [(r["id"], json.loads(r["files"]) if isinstance(r["files"], str) else r["files"]) for r in rows]
+
+    # ------------------------------------------------------------------ callbacks (outbox)
+    async def claim_due_callbacks(self, limit: int, invisible_seconds: float) -> list[DueCallback]:
+        rows = await self.pool.fetch(QUERIES["claim_due_callbacks"], limit, float(invisible_seconds))
+        return [DueCallback(**dict(r)) for r in rows]
+
+    async def mark_callback_delivered(self, callback_id: int) -> None:
+        await self.pool.execute(QUERIES["mark_callback_delivered"], callback_id)
+
+    async def schedule_callback_retry(self, callback_id: int, delay_seconds: float, error: str) -> None:
+        await self.pool.execute(QUERIES["schedule_callback_retry"], callback_id, float(delay_seconds), error)
+
+    async def mark_callback_dead(self, callback_id: int, error: str) -> None:
+        await self.pool.execute(QUERIES["mark_callback_dead"], callback_id, error)
+
+    async def list_dead_callbacks(self, limit: int = 1000) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self.pool.fetch(QUERIES["list_dead_callbacks"], limit)]
+
+    async def redeliver_callbacks(self, ids: Sequence[int] | None) -> list[int]:
+        rows = await self.pool.fetch(QUERIES["redeliver_callbacks"], None if ids is None else list(ids))
+        if rows:
+            await self.pool.execute("SELECT pg_notify('xqueue_callbacks', '')")
+        return [r["id"] for r in rows]
+
+    async def callback_counts(self) -> dict[str, int]:
+        return {r["state"]: r["count"] for r in await self.pool.fetch(QUERIES["callback_counts"])}
+
+    async def oldest_pending_callback_age(self) -> float:
+        return float(await self.pool.fetchval(QUERIES["oldest_pending_callback_age"]))
+
+    # ------------------------------------------------------------------ accounts, sessions, tokens
+    async def get_account_with_hash(self, username: str) -> tuple[Account, str, bool] | None:
+        row = await self.pool.fetchrow(QUERIES["get_account_by_username"], username)
+        if row is None:
+            return None
+        return _account(row), row["password_hash"], row["is_active"]
+
+    async def upsert_account(
+        self,
+        username: str,
+        password_hash: str,
+        is_admin: bool = False,
+        pull_queues: Sequence[str] | None = None,
+        submit_queues: Sequence[str] | None = None,
+    ) -> bool:
+        row = await self.pool.fetchrow(
+            QUERIES["upsert_account"],
+            username,
+            password_hash,
+            is_admin,
+            None if pull_queues is None else list(pull_queues),
+            None if submit_queues is None else list(submit_queues),
+        )
+        return bool(row["created"])
+
+    async def set_password(self, username: str, password_hash: str) -> bool:
+        return await self.pool.fetchval(QUERIES["set_password"], username, password_hash) is not None
+
+    async def delete_account(self, username: str) -> bool:
+        return await self.pool.fetchval(QUERIES["delete_account"], username) is not None
+
+    async def list_accounts(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self.pool.fetch(QUERIES["list_accounts"])]
+
+    async def create_session(self, key_hash: str, account_id: int, max_age_seconds: float) -> None:
+        await self.pool.execute(QUERIES["create_session"], key_hash, account_id, float(max_age_seconds))
+
+    async def session_account(self, key_hash: str) -> Account | None:
+        row = await self.pool.fetchrow(QUERIES["get_session_account"], key_hash)
+        return None if row is None else _account(row)
+
+    async def delete_session(self, key_hash: str) -> None:
+        await self.pool.execute(QUERIES["delete_session"], key_hash)
+
+    async def delete_expired_sessions(self) -> None:
+        await self.pool.execute(QUERIES["delete_expired_sessions"])
+
+    async def create_token(
+        self,
+        token_hash: str,
+        account_id: int,
+        pull_queues: Sequence[str] | None,
+        submit_queues: Sequence[str] | None,
+        ttl_seconds: float | None,
+    ) -> int:
+        return int(
+            await self.pool.fetchval(
+                QUERIES["create_token"],
+                token_hash,
+                account_id,
+                None if pull_queues is None else list(pull_queues),
+                None if submit_queues is None else list(submit_queues),
+                None if ttl_seconds is None else float(ttl_seconds),
+            )
+        )
+
+    async def token_account(self, token_hash: str) -> Account | None:
+        row = await self.pool.fetchrow(QUERIES["get_token_account"], token_hash)
+        if row is None:
+            return None
+        account = _account(row)
+        # A token can only narrow what its account may do.
+        return Account(
+            id=account.id,
+            username=account.username,
+            is_admin=account.is_admin and row["token_pull_queues"] is None and row["token_submit_queues"] is None,
+            pull_queues=_intersect(account.pull_queues, row["token_pull_queues"]),
+            submit_queues=_intersect(account.submit_queues, row["token_submit_queues"]),
+        )
+
+    async def get_secret(self, name: str) -> str | None:
+        return await self.pool.fetchval(QUERIES["get_secret"], name)
+
+    # ------------------------------------------------------------------ notifications
+    @asynccontextmanager
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> AsyncIterator[asyncpg.Connection]:
+        """Hold a dedicated connection LISTENing on ``channel``; ``callback(payload)`` per notification."""
+        conn: asyncpg.Connection = await asyncpg.connect(self.dsn)
+
+        def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            callback(payload)
+
+        try:
+            await conn.add_listener(channel, on_notify)
+            yield conn
+        finally:
+            try:
+                await asyncio.wait_for(conn.close(), timeout=5)
+            except (TimeoutError, OSError, asyncpg.PostgresError):
+                conn.terminate()

@@ -1,0 +1,139 @@
+"""Durable callback delivery: the outbox worker that POSTs grades (and failure notices) to the LMS.
+
+``put_result`` only records the reply and an outbox row; this worker delivers it with exponential
+backoff and jitter until the LMS answers HTTP 200 or the horizon passes (then the row is
+dead-lettered, visible in ``xqueue-admin dead-letters`` and in metrics). Any number of server
+replicas can run it: rows are claimed with SKIP LOCKED and stay invisible while being tried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+import aiohttp
+
+from .config import Settings
+from .db import Database, DueCallback
+from .metrics import Metrics
+
+log = logging.getLogger("xqueue.delivery")
+
+
+def backoff_delay(attempts: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Delay before the next try after ``attempts`` failed tries: exponential, capped, half jitter."""
+    rng = rng or random
+    exponent = min(max(attempts - 1, 0), 30)
+    ceiling = min(cap, base * (2**exponent))
+    return ceiling * (0.5 + rng.random() / 2)
+
+
+def next_step(age_seconds: float, attempts: int, settings: Settings, rng: random.Random | None = None) -> float | None:
+    """Seconds until the next attempt, or None when the horizon has passed and the row is dead."""
+    remaining = settings.callback_horizon_seconds - age_seconds
+    if remaining <= 0:
+        return None
+    delay = backoff_delay(attempts, settings.callback_backoff_base_seconds, settings.callback_backoff_max_seconds, rng)
+    return min(delay, remaining)
+
+
+class CallbackDeliverer:
+    def __init__(self, db: Database, settings: Settings, metrics: Metrics) -> None:
+        self.db = db
+        self.settings = settings
+        self.metrics = metrics
+        self.wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(settings.callback_concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._session: aiohttp.ClientSession | None = None
+
+    def notify(self, _payload: str = "") -> None:
+        self.wakeup.set()
+
+    async def run(self) -> None:
+        auth = None
+        if self.settings.callback_basic_auth:
+            user, _, password = self.settings.callback_basic_auth.partition(":")
+            auth = aiohttp.BasicAuth(user, password)
+        connector = aiohttp.TCPConnector(limit=self.settings.callback_concurrency * 2,
+                                         ssl=None if self.settings.callback_verify_tls else False)
+        timeout = aiohttp.ClientTimeout(total=self.settings.callback_timeout_seconds)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout, auth=auth) as session:
+            self._session = session
+            try:
+                while True:
+                    await self._run_once()
+            finally:
+                for task in list(self._tasks):
+                    task.cancel()
+                if self._tasks:
+                    await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run_once(self) -> None:
+        self.wakeup.clear()
+        free = self.settings.callback_concurrency - len(self._tasks)
+        due: list[DueCallback] = []
+        if free > 0:
+            try:
+                # Invisible long enough for one attempt to finish; a crashed worker's row comes back after.
+                due = await self.db.claim_due_callbacks(free, self.settings.callback_timeout_seconds + 30)
+            except (OSError, asyncio.TimeoutError) as exc:
+                log.warning("outbox claim failed", extra={"fields": {"error": str(exc)}})
+            except Exception as exc:  # database restarts must not kill the worker
+                log.warning("outbox claim failed", extra={"fields": {"error": repr(exc)}})
+        for callback in due:
+            task = asyncio.create_task(self._deliver(callback))
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+        if len(due) == free and free > 0:
+            return  # there may be more due right now
+        try:
+            await asyncio.wait_for(self.wakeup.wait(), timeout=1.0)
+        except TimeoutError:
+            pass
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self.wakeup.set()  # a slot is free again
+
+    async def _deliver(self, callback: DueCallback) -> None:
+        assert self._session is not None
+        self.metrics.callback_attempts.labels(callback.kind).inc()
+        started = time.perf_counter()
+        error: str | None = None
+        try:
+            async with self._session.post(
+                callback.url, data={"xqueue_header": callback.xqueue_header, "xqueue_body": callback.xqueue_body}
+            ) as response:
+                await response.read()
+                if response.status != 200:
+                    error = f"LMS returned status_code={response.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            error = f"could not connect to LMS: {type(exc).__name__}: {exc}"
+        self.metrics.callback_latency.observe(time.perf_counter() - started)
+        try:
+            if error is None:
+                await self.db.mark_callback_delivered(callback.id)
+                self.metrics.result_to_delivery.observe(callback.age_seconds)
+                log.info("callback delivered", extra={"fields": {
+                    "callback_id": callback.id, "submission_id": callback.submission_id, "kind": callback.kind,
+                    "attempts": callback.attempts}})
+                return
+            self.metrics.callback_failures.labels(callback.kind).inc()
+            delay = next_step(callback.age_seconds, callback.attempts, self.settings)
+            if delay is None:
+                await self.db.mark_callback_dead(callback.id, error)
+                self.metrics.callback_dead.inc()
+                log.error("callback dead-lettered", extra={"fields": {
+                    "callback_id": callback.id, "submission_id": callback.submission_id,
+                    "attempts": callback.attempts, "error": error}})
+            else:
+                await self.db.schedule_callback_retry(callback.id, delay, error)
+                log.warning("callback failed; will retry", extra={"fields": {
+                    "callback_id": callback.id, "submission_id": callback.submission_id,
+                    "attempts": callback.attempts, "retry_in_seconds": round(delay, 2), "error": error}})
+        except Exception as exc:  # the row stays claimed and comes back after its invisibility window
+            log.warning("could not record callback outcome", extra={"fields": {
+                "callback_id": callback.id, "error": repr(exc)}})

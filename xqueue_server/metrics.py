@@ -1,0 +1,57 @@
+"""Prometheus metrics of one server process (own registry, so tests can run several apps at once)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Histogram(
+            "xqueue_http_request_duration_seconds",
+            "HTTP request latency by route and status",
+            ["route", "method", "status"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.submissions = Counter("xqueue_submissions_total", "Submissions accepted", ["queue"], registry=r)
+        self.superseded = Counter(
+            "xqueue_submissions_superseded_total", "Earlier submissions retired by a newer one", ["queue"], registry=r
+        )
+        self.pulls = Counter("xqueue_pulls_total", "Submissions handed to graders", ["queue"], registry=r)
+        self.empty_pulls = Counter("xqueue_empty_pulls_total", "get_submission calls that found nothing",
+                                   ["queue"], registry=r)
+        self.lease_expiries = Counter(
+            "xqueue_lease_expiries_total", "Pulls of submissions whose previous lease ran out", ["queue"], registry=r
+        )
+        self.poison = Counter(
+            "xqueue_poison_retired_total", "Submissions retired after too many pulls without a result",
+            ["queue"], registry=r,
+        )
+        self.results = Counter("xqueue_results_total", "put_result outcomes", ["outcome"], registry=r)
+        self.callback_attempts = Counter("xqueue_callback_attempts_total", "LMS callback attempts", ["kind"],
+                                         registry=r)
+        self.callback_failures = Counter("xqueue_callback_failures_total", "Failed LMS callback attempts",
+                                         ["kind"], registry=r)
+        self.callback_dead = Counter("xqueue_callback_dead_lettered_total", "Callbacks given up after the horizon",
+                                     registry=r)
+        self.callback_latency = Histogram(
+            "xqueue_callback_duration_seconds", "Duration of one LMS callback attempt", registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.result_to_delivery = Histogram(
+            "xqueue_callback_delivery_delay_seconds", "From put_result to the LMS acknowledging", registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 3600, 86400),
+        )
+        self.queue_depth = Gauge("xqueue_queue_depth", "Submissions a grader could pull now", ["queue"], registry=r)
+        self.queue_in_flight = Gauge("xqueue_queue_in_flight", "Submissions pulled with a valid lease", ["queue"],
+                                     registry=r)
+        self.queue_oldest_age = Gauge("xqueue_queue_oldest_age_seconds", "Age of the oldest pullable submission",
+                                      ["queue"], registry=r)
+        self.callbacks_pending = Gauge("xqueue_callbacks_pending", "Callbacks waiting in the outbox", registry=r)
+        self.callbacks_dead = Gauge("xqueue_callbacks_dead", "Dead-lettered callbacks (see xqueue-admin)",
+                                    registry=r)
+        self.callback_oldest_age = Gauge("xqueue_callback_oldest_pending_age_seconds",
+                                         "Age of the oldest undelivered callback", registry=r)

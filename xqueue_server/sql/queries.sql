@@ -1,0 +1,246 @@
+-- Every query the server runs, each under a "-- name:" line; loaded by xqueue_server/db.py.
+-- Reading the queue's behaviour means reading this file.
+
+-- name: queue_exists
+SELECT EXISTS (SELECT 1 FROM queues WHERE name = $1);
+
+-- name: list_queue_names
+SELECT name FROM queues ORDER BY name;
+
+-- name: create_queue
+INSERT INTO queues (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING name;
+
+-- name: delete_queue
+DELETE FROM queues WHERE name = $1 RETURNING name;
+
+-- name: queue_stats
+-- queued: pullable now (what get_queuelen reports); in_flight: pulled with a lease still valid.
+SELECT q.name,
+       count(s.id) FILTER (WHERE s.lease_expires_at IS NULL OR s.lease_expires_at <= now()) AS queued,
+       count(s.id) FILTER (WHERE s.lease_expires_at > now()) AS in_flight,
+       extract(epoch FROM now() - min(s.arrival_time)
+               FILTER (WHERE s.lease_expires_at IS NULL OR s.lease_expires_at <= now()))::float8
+           AS oldest_queued_age_seconds
+FROM queues q
+LEFT JOIN submissions s ON s.queue_name = q.name AND s.state = 'pending'
+WHERE ($1::text IS NULL OR q.name = $1)
+GROUP BY q.name
+ORDER BY q.name;
+
+-- name: queue_length
+SELECT count(*) FROM submissions
+WHERE queue_name = $1 AND state = 'pending'
+  AND (lease_expires_at IS NULL OR lease_expires_at <= now());
+
+-- name: insert_submission
+-- Latest wins (upstream rule): earlier submissions with the same callback URL that nobody is grading
+-- right now are retired silently. Then the new row is stored and the pullable count returned.
+WITH superseded AS (
+    UPDATE submissions
+       SET state = 'retired', retired_reason = 'superseded', finished_at = now()
+     WHERE lms_callback_url = $2 AND state = 'pending' AND queue_name = $1
+       AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+    RETURNING id
+), inserted AS (
+    INSERT INTO submissions (queue_name, lms_callback_url, xqueue_header, xqueue_body, files, requester_id)
+    VALUES ($1, $2, $3, $4, $5::jsonb, $6)
+    RETURNING id
+), notified AS (
+    SELECT pg_notify('xqueue_submissions', $1)
+)
+SELECT (SELECT id FROM inserted) AS id,
+       (SELECT count(*) FROM superseded) AS superseded,
+       (SELECT count(*) FROM notified) AS notified,
+       (SELECT count(*) FROM submissions
+         WHERE queue_name = $1 AND state = 'pending'
+           AND (lease_expires_at IS NULL OR lease_expires_at <= now()))
+       + 1 - (SELECT count(*) FROM superseded) AS queue_length;
+
+-- name: claim_submissions
+-- Atomic claim: FIFO, skips rows another transaction is claiming, never hands out a row with a valid
+-- lease, and issues a fresh unguessable key (gen_random_uuid uses the server's strong RNG).
+WITH next AS (
+    SELECT id, pull_count FROM submissions
+     WHERE queue_name = $1 AND state = 'pending'
+       AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+       AND pull_count < $4
+     ORDER BY id
+     LIMIT $2
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE submissions s
+   SET pull_count = s.pull_count + 1,
+       pulled_at = now(),
+       lease_expires_at = now() + make_interval(secs => $3),
+       pullkey = replace(gen_random_uuid()::text, '-', ''),
+       grader_id = $5
+  FROM next
+ WHERE s.id = next.id
+RETURNING s.id, s.pullkey, s.xqueue_body, s.files, next.pull_count > 0 AS was_expired;
+
+-- name: record_result
+-- Fencing: only the key of the latest pull is accepted. The reply and its callback are stored in one
+-- statement, so a stored result always has its outbox row.
+WITH answered AS (
+    UPDATE submissions
+       SET state = 'answered', return_time = now(), grader_reply = $3, lease_expires_at = NULL
+     WHERE id = $1 AND pullkey = $2 AND state = 'pending'
+    RETURNING id, lms_callback_url, xqueue_header
+), queued AS (
+    INSERT INTO callbacks (submission_id, kind, url, xqueue_header, xqueue_body)
+    SELECT id, 'grade', lms_callback_url, xqueue_header, $3 FROM answered
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM queued) AS recorded,
+       (SELECT count(*) FROM (SELECT pg_notify('xqueue_callbacks', '') FROM queued) n) AS notified;
+
+-- name: submission_key_state
+SELECT state, pullkey FROM submissions WHERE id = $1;
+
+-- name: retire_poison_submissions
+-- A submission pulled max_pulls times without a result is retired and the LMS gets upstream's
+-- failure notice through the outbox.
+WITH poisoned AS (
+    UPDATE submissions
+       SET state = 'retired', retired_reason = 'poison', finished_at = now(), lease_expires_at = NULL
+     WHERE id IN (SELECT id FROM submissions
+                   WHERE state = 'pending' AND pull_count >= $1 AND lease_expires_at <= now()
+                   LIMIT 500 FOR UPDATE SKIP LOCKED)
+    RETURNING id, queue_name, lms_callback_url, xqueue_header
+), queued AS (
+    INSERT INTO callbacks (submission_id, kind, url, xqueue_header, xqueue_body)
+    SELECT id, 'failure_notice', lms_callback_url, xqueue_header, $2 FROM poisoned
+    RETURNING id
+)
+SELECT p.id, p.queue_name, (SELECT count(*) FROM queued) AS queued,
+       (SELECT count(*) FROM (SELECT pg_notify('xqueue_callbacks', '') FROM queued) n) AS notified
+FROM poisoned p;
+
+-- name: claim_due_callbacks
+-- Each claimed callback becomes invisible for $2 seconds, so a crashed worker's attempt is retried
+-- by any replica; attempts counts tries.
+WITH due AS (
+    SELECT id FROM callbacks
+     WHERE state = 'pending' AND next_attempt_at <= now()
+     ORDER BY next_attempt_at
+     LIMIT $1
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE callbacks c
+   SET attempts = c.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
+  FROM due
+ WHERE c.id = due.id
+RETURNING c.id, c.submission_id, c.kind, c.url, c.xqueue_header, c.xqueue_body, c.attempts,
+          extract(epoch FROM now() - c.created_at)::float8 AS age_seconds;
+
+-- name: mark_callback_delivered
+WITH done AS (
+    UPDATE callbacks SET state = 'delivered', delivered_at = now(), last_error = NULL
+     WHERE id = $1 AND state = 'pending'
+    RETURNING submission_id, kind
+)
+UPDATE submissions s SET state = 'delivered', finished_at = now()
+  FROM done
+ WHERE s.id = done.submission_id AND done.kind = 'grade' AND s.state = 'answered';
+
+-- name: schedule_callback_retry
+UPDATE callbacks SET next_attempt_at = now() + make_interval(secs => $2), last_error = $3
+ WHERE id = $1 AND state = 'pending';
+
+-- name: mark_callback_dead
+-- The delivery horizon has passed: the grade stays in the dead-letter list for a re-delivery command.
+WITH dead AS (
+    UPDATE callbacks SET state = 'dead', last_error = $2
+     WHERE id = $1 AND state = 'pending'
+    RETURNING submission_id, kind
+)
+UPDATE submissions s SET state = 'retired', retired_reason = 'undeliverable', finished_at = now()
+  FROM dead
+ WHERE s.id = dead.submission_id AND s.state = 'answered';
+
+-- name: list_dead_callbacks
+SELECT id, submission_id, kind, url, attempts, created_at, last_error
+  FROM callbacks WHERE state = 'dead' ORDER BY id LIMIT $1;
+
+-- name: redeliver_callbacks
+-- Puts dead-lettered callbacks (all when $1 is NULL) back in the outbox with a fresh attempt count.
+WITH revived AS (
+    UPDATE callbacks
+       SET state = 'pending', attempts = 0, next_attempt_at = now(), created_at = now()
+     WHERE state = 'dead' AND ($1::bigint[] IS NULL OR id = ANY($1::bigint[]))
+    RETURNING id, submission_id, kind
+), resubmitted AS (
+    UPDATE submissions s SET state = 'answered', retired_reason = NULL, finished_at = NULL
+      FROM revived
+     WHERE s.id = revived.submission_id AND revived.kind = 'grade' AND s.retired_reason = 'undeliverable'
+)
+SELECT id FROM revived;
+
+-- name: callback_counts
+SELECT state, count(*) FROM callbacks GROUP BY state;
+
+-- name: oldest_pending_callback_age
+SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+  FROM callbacks WHERE state = 'pending';
+
+-- name: delete_finished_submissions
+-- Retention: finished submissions older than the cut-off, with their callbacks (cascade).
+-- Returns the file keys so the caller can delete the stored files.
+DELETE FROM submissions
+ WHERE id IN (SELECT id FROM submissions
+               WHERE state <> 'pending' AND finished_at < now() - make_interval(days => $1)
+                 AND NOT EXISTS (SELECT 1 FROM callbacks c
+                                  WHERE c.submission_id = submissions.id AND c.state = 'pending')
+               LIMIT $2)
+RETURNING id, files;
+
+-- name: get_secret
+SELECT value FROM server_secrets WHERE name = $1;
+
+-- name: get_account_by_username
+SELECT id, username, password_hash, is_admin, is_active, pull_queues, submit_queues
+  FROM accounts WHERE username = $1;
+
+-- name: upsert_account
+INSERT INTO accounts (username, password_hash, is_admin, pull_queues, submit_queues)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (username) DO UPDATE
+   SET password_hash = EXCLUDED.password_hash, is_admin = EXCLUDED.is_admin,
+       pull_queues = EXCLUDED.pull_queues, submit_queues = EXCLUDED.submit_queues,
+       is_active = true, updated_at = now()
+RETURNING id, (xmax = 0) AS created;
+
+-- name: set_password
+UPDATE accounts SET password_hash = $2, updated_at = now() WHERE username = $1 RETURNING id;
+
+-- name: delete_account
+DELETE FROM accounts WHERE username = $1 RETURNING id;
+
+-- name: list_accounts
+SELECT username, is_admin, is_active, pull_queues, submit_queues, created_at FROM accounts ORDER BY username;
+
+-- name: create_session
+INSERT INTO sessions (key_hash, account_id, expires_at)
+VALUES ($1, $2, now() + make_interval(secs => $3));
+
+-- name: get_session_account
+SELECT a.id, a.username, a.is_admin, a.is_active, a.pull_queues, a.submit_queues
+  FROM sessions s JOIN accounts a ON a.id = s.account_id
+ WHERE s.key_hash = $1 AND s.expires_at > now() AND a.is_active;
+
+-- name: delete_session
+DELETE FROM sessions WHERE key_hash = $1;
+
+-- name: delete_expired_sessions
+DELETE FROM sessions WHERE expires_at <= now();
+
+-- name: create_token
+INSERT INTO api_tokens (token_hash, account_id, pull_queues, submit_queues, expires_at)
+VALUES ($1, $2, $3, $4, CASE WHEN $5::float8 IS NULL THEN NULL ELSE now() + make_interval(secs => $5) END)
+RETURNING id;
+
+-- name: get_token_account
+SELECT a.id, a.username, a.is_admin, a.is_active, a.pull_queues, a.submit_queues,
+       t.pull_queues AS token_pull_queues, t.submit_queues AS token_submit_queues
+  FROM api_tokens t JOIN accounts a ON a.id = t.account_id
+ WHERE t.token_hash = $1 AND (t.expires_at IS NULL OR t.expires_at > now()) AND a.is_active;
