@@ -105,7 +105,7 @@ class Authenticator:
         cache[key] = _CacheEntry(account, time.monotonic() + ttl)
 
     async def check_password(self, username: str, password: str) -> Account | None:
-        found = await self.db.get_account_with_hash(username)
+        found = None if "\x00" in username else await self.db.get_account_with_hash(username)
         if found is None:
             # Spend the same time as a real check so usernames cannot be probed by timing.
             await asyncio.to_thread(verify_password, password, _DUMMY_HASH)

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 from urllib.parse import quote
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from . import protocol as p
 from .auth import can_pull, can_submit, visible_queues
@@ -30,7 +31,10 @@ def reply(payload: dict[str, Any]) -> web.Response:
 def redirect_to_login(request: web.Request) -> NoReturn:
     # Like Django's login_required: the original path and query go into ?next=, '/' unescaped.
     next_value = quote(request.path_qs, safe="/")
-    raise web.HTTPFound(location=f"/xqueue/login/?next={next_value}")
+    # Set the header directly: yarl would normalise %3F back to '?' in the query.
+    redirect = web.HTTPFound(location="/xqueue/login/")
+    redirect.headers["Location"] = f"/xqueue/login/?next={next_value}"
+    raise redirect
 
 
 @routes.route("*", "/xqueue/login/")
@@ -43,7 +47,7 @@ async def login(request: web.Request) -> web.Response:
         return response
     try:
         form = await request.post()
-    except (ValueError, web.HTTPException):
+    except (ValueError, web.HTTPException, HttpProcessingError):
         return reply(p.failure(p.INSUFFICIENT_LOGIN_INFO))
     username, password = form.get("username"), form.get("password")
     # Upstream answered 500 when only the username was missing; both missing fields get this message.
@@ -159,7 +163,9 @@ async def get_submission(request: web.Request) -> web.Response:
         return reply(p.failure(p.queue_not_found(queue_name)))
     if not can_pull(account, queue_name):
         return reply(p.failure(f"Not authorized to pull from queue '{queue_name}'"))
-    limit = max(1, int(bulk)) if bulk is not None else 1
+    if bulk is not None and (bulk < 1 or bulk != int(bulk)):
+        return reply(p.failure("parameter 'max' must be a whole number of at least 1"))
+    limit = int(bulk) if bulk is not None else 1
     deadline = time.monotonic() + (wait or 0.0)
     grader_id = client_ip(request)
     while True:
@@ -200,8 +206,8 @@ async def put_result(request: web.Request) -> web.Response:
         return reply(p.failure(p.PUT_NOT_POST))
     try:
         form = await request.post()
-    except (ValueError, web.HTTPException) as exc:
-        return reply(p.failure(f"{p.INCORRECT_REPLY_FORMAT}: {exc}"))
+    except (ValueError, web.HTTPException, HttpProcessingError):
+        return reply(p.failure(f"{p.INCORRECT_REPLY_FORMAT}: malformed form body"))
     bulk = form.get("results")
     if isinstance(bulk, str):
         try:

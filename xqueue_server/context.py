@@ -19,7 +19,7 @@ from .storage import Storage, new_key
 from .waiters import QueueWaiters
 
 CONTEXT_KEY: web.AppKey[AppContext] = web.AppKey("xqueue_context")
-ACCOUNT_KEY = "xqueue_account"
+ACCOUNT_KEY: web.RequestKey[Account | None] = web.RequestKey("xqueue_account", Account | None)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -40,6 +40,8 @@ class AppContext:
     async def queue_exists(self, name: str) -> bool:
         # Known queues are cached for a few seconds (the hot path asks on every call); unknown names
         # always go to the database, so a queue created by the operator is usable at once.
+        if "\x00" in name or len(name) > 1000:  # PostgreSQL text cannot hold NUL; no queue is that long
+            return False
         now = time.monotonic()
         if self._queue_cache.get(name, 0.0) > now:
             return True

@@ -107,7 +107,11 @@ class Database:
         return cls(pool, dsn)
 
     async def close(self) -> None:
-        await self.pool.close()
+        # A connection still held by a cancelled task must not hang shutdown forever.
+        try:
+            await asyncio.wait_for(self.pool.close(), timeout=10)
+        except TimeoutError:
+            self.pool.terminate()
 
     # ------------------------------------------------------------------ migrations
     async def migrate(self) -> list[str]:

@@ -86,6 +86,9 @@ def parse_submit(header: Any, body: Any, max_header_bytes: int, max_body_bytes: 
     """Validate the submit form fields like upstream's ``_is_valid_request``, plus limits it lacked."""
     if not isinstance(header, str) or not isinstance(body, str):
         raise ProtocolError(SUBMIT_INVALID_FORMAT)
+    if "\x00" in header or "\x00" in body:
+        # PostgreSQL text cannot store NUL; real LMS bodies are JSON, where NUL is escaped anyway.
+        raise ProtocolError(f"{SUBMIT_INVALID_FORMAT}: NUL characters are not allowed")
     if len(header.encode()) > max_header_bytes:
         raise ProtocolError(f"{SUBMIT_INVALID_FORMAT}: xqueue_header is larger than {max_header_bytes} bytes")
     if len(body.encode()) > max_body_bytes:
@@ -130,6 +133,8 @@ def parse_reply(header: Any, body: Any) -> ReplyRequest:
     """Validate a put_result like upstream's ``_is_valid_reply``; a non-numeric id is an error, not a 500."""
     if not isinstance(header, str) or not isinstance(body, str):
         raise ProtocolError(INCORRECT_REPLY_FORMAT)
+    if "\x00" in body or "\x00" in header:
+        raise ProtocolError(f"{INCORRECT_REPLY_FORMAT}: NUL characters are not allowed")
     try:
         decoded = json.loads(header)
     except (ValueError, RecursionError):
@@ -148,7 +153,7 @@ def parse_reply(header: Any, body: Any) -> ReplyRequest:
     if not 0 < submission_id < 2**63:
         raise ProtocolError(SUBMISSION_DOES_NOT_EXIST)
     key = decoded["submission_key"]
-    if not isinstance(key, str):
+    if not isinstance(key, str) or "\x00" in key or len(key) > 200:
         raise ProtocolError(INCORRECT_KEY)
     return ReplyRequest(submission_id=submission_id, submission_key=key, xqueue_body=body)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .config import Settings
 
@@ -29,7 +30,7 @@ async def read_submit_form(request: web.Request, settings: Settings) -> SubmitFo
             data = await request.post()
         except web.HTTPRequestEntityTooLarge:
             raise UploadError(f"Request is larger than {settings.max_request_bytes} bytes") from None
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, HttpProcessingError) as exc:
             raise UploadError(f"Queue request has invalid format: {exc}") from None
         form = SubmitForm()
         for name in ("xqueue_header", "xqueue_body"):
@@ -79,6 +80,6 @@ async def _read_multipart(request: web.Request, settings: Settings) -> SubmitFor
                     raise UploadError("Queue request has invalid format: field is not valid text") from None
     except UploadError:
         raise
-    except (ValueError, AssertionError, RuntimeError) as exc:
+    except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as exc:
         raise UploadError(f"Queue request has invalid format: malformed multipart body ({exc})") from None
     return form

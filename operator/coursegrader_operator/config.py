@@ -6,7 +6,7 @@
 | `XQOP_GRADER_IMAGE` | grader image for CourseGraders without `spec.image` | (none) |
 | `XQOP_XQUEUE_URL` | XQueue URL for CourseGraders without `spec.server.url` | (none) |
 | `XQOP_XQUEUE_URL_OVERRIDE` | URL the *operator* dials instead of the CR's (tests: 127.0.0.1) | (none) |
-| `XQOP_ADMIN_USERNAME` / `XQOP_ADMIN_PASSWORD[_FILE]` | XQueue admin account (provisioning, lengths) | (none) |
+| `XQOP_ADMIN_USERNAME`, `XQOP_ADMIN_PASSWORD[_FILE]` | XQueue admin (provisioning, lengths) | (none) |
 | `XQOP_ADMIN_TOKEN[_FILE]` | XQueue admin API token, instead of username/password | (none) |
 | `XQOP_SCALE_INTERVAL` | seconds between queue-length reads | 2 |
 | `XQOP_RESYNC_INTERVAL` | seconds between full re-applies of every CourseGrader (drift backstop) | 300 |
@@ -18,9 +18,9 @@
 | `XQOP_WATCH_SERVER_TIMEOUT` | seconds the API server keeps one watch open | 270 |
 | `XQOP_WATCH_CLIENT_TIMEOUT` | seconds before the operator abandons one watch request | 300 |
 | `XQOP_WATCH_CONNECT_TIMEOUT` | seconds to connect a watch | 10 |
-| `XQOP_WATCH_INACTIVITY_TIMEOUT` | seconds without any watch event (bookmarks included) before reconnecting | 70 |
-| `XQOP_DNS_NAMESPACE` / `XQOP_DNS_POD_LABELS` | where cluster DNS runs (NetworkPolicy egress) | kube-system / k8s-app=kube-dns |
-| `XQOP_XQUEUE_NAMESPACE` / `XQOP_XQUEUE_POD_LABELS` | where the XQueue server runs (NetworkPolicy egress) | (none: any address) |
+| `XQOP_WATCH_INACTIVITY_TIMEOUT` | seconds without any watch event (bookmarks too) -> reconnect | 70 |
+| `XQOP_DNS_NAMESPACE`, `XQOP_DNS_POD_LABELS` | cluster DNS (egress) | kube-system, k8s-app=kube-dns |
+| `XQOP_XQUEUE_NAMESPACE`, `XQOP_XQUEUE_POD_LABELS` | XQueue server pods (egress) | (none: any address) |
 | `XQOP_POSTING_LEVEL` | lowest level of Kubernetes events posted (DEBUG/INFO/WARNING) | INFO |
 | `XQOP_LIVENESS` | liveness endpoint URL for kopf, e.g. http://0.0.0.0:8081/healthz | (none) |
 

@@ -323,7 +323,8 @@ def _peers(value: Any, path: str, c: _Checker) -> tuple[Mapping[str, Any], ...]:
     return tuple(dict(p) for p in value)
 
 
-def parse_spec(raw: Mapping[str, Any] | None, defaults: OperatorDefaults = OperatorDefaults()) -> CourseGraderSpec:
+def parse_spec(raw: Mapping[str, Any] | None,
+               defaults: OperatorDefaults = OperatorDefaults()) -> CourseGraderSpec:
     """Turn `.spec` into a CourseGraderSpec, or raise SpecError listing every problem."""
     raw = raw or {}
     c = _Checker()

@@ -1,0 +1,316 @@
+"""The daemon's side of the sandbox: starts the zygote and runs jobs through it (asyncio)."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import xqueue_grader
+from xqueue_grader.sandbox import wire
+from xqueue_grader.sandbox.limits import Limits
+from xqueue_grader.sandbox.zygote import remove_tree
+
+log = logging.getLogger("xqueue_grader.sandbox")
+
+# Without privileges we cannot change uid; when started as root (developer machines, some CI) we
+# never run student code as root but as this uid ("nobody").
+DEFAULT_SANDBOX_UID = 65534
+
+
+class SandboxUnavailable(RuntimeError):
+    """The zygote cannot be started (or the required isolation features are missing)."""
+
+
+@dataclass
+class RunResult:
+    """What one sandboxed run produced, as reported by its supervisor."""
+
+    status: str  # ok | failed | killed | setup_failed | sandbox_error
+    kill_reason: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    results: dict[str, Any] | None = None
+    results_error: str | None = None
+    stdout: str = ""
+    stderr: str = ""
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    max_rss_kb: int = 0
+    leftovers_killed: int = 0
+    setup_ms: float = 0.0
+    cleanup_ms: float = 0.0
+    total_ms: float = 0.0
+    detail: str = ""
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any], total_ms: float) -> RunResult:
+        raw = reply.get("results")
+        results = None
+        results_error = None
+        if isinstance(raw, str) and raw:
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                results_error = "results channel did not hold valid JSON"
+            else:
+                if isinstance(parsed, dict):
+                    results = parsed
+                else:
+                    results_error = "results channel did not hold a JSON object"
+        return cls(
+            status=str(reply.get("status", "sandbox_error")),
+            kill_reason=reply.get("kill_reason"),
+            exit_code=reply.get("exit_code"),
+            signal=reply.get("signal"),
+            results=results,
+            results_error=results_error,
+            stdout=str(reply.get("stdout", "")),
+            stderr=str(reply.get("stderr", "")),
+            stdout_bytes=int(reply.get("stdout_bytes", 0)),
+            stderr_bytes=int(reply.get("stderr_bytes", 0)),
+            cpu_seconds=float(reply.get("cpu_seconds", 0.0)),
+            wall_seconds=float(reply.get("wall_seconds", 0.0)),
+            max_rss_kb=int(reply.get("max_rss_kb", 0)),
+            leftovers_killed=int(reply.get("leftovers_killed", 0)),
+            setup_ms=float(reply.get("setup_ms", 0.0)),
+            cleanup_ms=float(reply.get("cleanup_ms", 0.0)),
+            total_ms=total_ms,
+        )
+
+
+@dataclass
+class SandboxSettings:
+    scratch_root: str | None = None
+    # Paths student code must not read (the grader root); checked against what the sandbox allows.
+    hidden_paths: list[str] = field(default_factory=list)
+    preload: list[str] = field(default_factory=list)
+    sandbox_uid: int = DEFAULT_SANDBOX_UID
+    sandbox_gid: int | None = None
+    require_seccomp: bool = False
+    require_landlock: bool = False
+    max_restarts_per_minute: int = 5
+    start_timeout: float = 60.0
+
+
+class SandboxPool:
+    """Runs jobs in sandboxed children forked by one zygote; safe for concurrent ``run`` calls."""
+
+    def __init__(self, settings: SandboxSettings | None = None) -> None:
+        self.settings = settings or SandboxSettings()
+        self.features: dict[str, Any] = {}
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ctl: socket.socket | None = None
+        self._scratch: str | None = None
+        self._restarts: deque[float] = deque()
+        self._start_lock = asyncio.Lock()
+        self._closed = False
+
+    @property
+    def healthy(self) -> bool:
+        return not self._closed and self._proc is not None and self._proc.poll() is None
+
+    @property
+    def zygote_pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    async def start(self) -> dict[str, Any]:
+        async with self._start_lock:
+            if not self.healthy:
+                await self._spawn()
+        return self.features
+
+    async def _spawn(self) -> None:
+        self._discard_zygote()
+        settings = self.settings
+        run_as: tuple[int, int] | None = None
+        if os.geteuid() == 0:
+            uid = settings.sandbox_uid
+            if uid == 0:
+                raise SandboxUnavailable("refusing to run student code as root (sandbox_uid is 0)")
+            run_as = (uid, settings.sandbox_gid if settings.sandbox_gid is not None else uid)
+        if self._scratch is None:
+            self._scratch = tempfile.mkdtemp(prefix="xqgrader-", dir=settings.scratch_root)
+            if run_as:
+                os.chown(self._scratch, *run_as)
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        args = {
+            "ctl_fd": child_sock.fileno(),
+            "scratch": self._scratch,
+            "daemon_pid": os.getpid(),
+            "daemon_pgid": os.getpgid(0),
+            "hidden_paths": [self._scratch, *[os.path.realpath(p) for p in settings.hidden_paths]],
+            "preload": list(settings.preload),
+            "require_seccomp": settings.require_seccomp,
+            "require_landlock": settings.require_landlock,
+        }
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(xqueue_grader.__file__)))
+        # -I: no environment variables, no user site, no current directory on sys.path; the
+        # package location is passed explicitly so this works for any installation method.
+        code = (
+            "import sys; sys.path.insert(0, sys.argv[2]); "
+            "from xqueue_grader.sandbox.zygote import main; main(sys.argv)"
+        )
+        # As root, the zygote starts as root (the interpreter may live somewhere only root can
+        # read) and drops to ``run_as`` itself once everything it needs is imported.
+        args["drop_to"] = list(run_as) if run_as else None
+        try:
+            # Spawned from the event-loop thread on purpose: the zygote's parent-death signal is
+            # tied to the thread that forked it.
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-B", "-c", code, json.dumps(args), package_parent],
+                pass_fds=(child_sock.fileno(),),
+                env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                cwd="/",
+                start_new_session=True,
+            )
+        finally:
+            child_sock.close()
+        parent_sock.setblocking(False)
+        self._ctl = parent_sock
+        loop = asyncio.get_running_loop()
+        try:
+            raw = await asyncio.wait_for(loop.sock_recv(parent_sock, 1 << 20), settings.start_timeout)
+            message = json.loads(raw.decode()) if raw else {}
+        except (TimeoutError, ValueError, OSError) as exc:
+            self._discard_zygote()
+            raise SandboxUnavailable(f"sandbox zygote did not start: {exc!r}") from exc
+        if not message.get("ready"):
+            self._discard_zygote()
+            raise SandboxUnavailable("sandbox zygote exited during start-up")
+        self.features = dict(message.get("features") or {})
+        if settings.require_seccomp and not self.features.get("seccomp"):
+            self._discard_zygote()
+            raise SandboxUnavailable("seccomp is required but not available")
+        if settings.require_landlock and not self.features.get("landlock"):
+            self._discard_zygote()
+            raise SandboxUnavailable("Landlock is required but not available")
+
+    def _discard_zygote(self) -> None:
+        if self._ctl is not None:
+            with contextlib.suppress(OSError):
+                self._ctl.close()
+            self._ctl = None
+        if self._proc is not None and self._proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self._proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=5)
+        self._proc = None
+
+    async def _ensure_running(self) -> None:
+        if self.healthy:
+            return
+        if self._closed:
+            raise SandboxUnavailable("sandbox pool is closed")
+        now = time.monotonic()
+        while self._restarts and now - self._restarts[0] > 60:
+            self._restarts.popleft()
+        if len(self._restarts) >= self.settings.max_restarts_per_minute:
+            raise SandboxUnavailable("sandbox zygote keeps dying; not restarting it this minute")
+        self._restarts.append(now)
+        log.warning("sandbox zygote is not running; starting it again")
+        async with self._start_lock:
+            if not self.healthy:
+                await self._spawn()
+
+    async def _send_fd(self, fd: int) -> None:
+        """Hand one end of a run's socketpair to the zygote (bounded retries on a full buffer)."""
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+        for _ in range(2000):
+            ctl = self._ctl
+            if ctl is None:
+                raise BrokenPipeError("no zygote")
+            try:
+                ctl.sendmsg([b"R"], ancillary)
+                return
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+        raise BrokenPipeError("zygote does not accept work")
+
+    async def run(self, job: dict[str, Any], limits: Limits) -> RunResult:
+        """Run one job; never raises for anything the job does (only for a broken pool)."""
+        started = time.monotonic()
+        await self._ensure_running()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            try:
+                await self._send_fd(theirs.fileno())
+            except OSError:
+                # The zygote died between the health check and the send: one restart, one retry.
+                self._discard_zygote()
+                await self._ensure_running()
+                await self._send_fd(theirs.fileno())
+        except OSError as exc:
+            ours.close()
+            return RunResult(status="sandbox_error", detail=f"cannot reach the zygote: {exc!r}")
+        finally:
+            theirs.close()
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        supervisor_pid = None
+        try:
+            hello = await asyncio.wait_for(_read_frame(reader), 15)
+            supervisor_pid = int(hello["pid"])
+            writer.write(wire.encode({"job": job, "limits": limits.to_dict()}))
+            await writer.drain()
+            reply = await asyncio.wait_for(_read_frame(reader), float(limits.wall_seconds) + 20)
+        except (TimeoutError, EOFError, asyncio.IncompleteReadError, ConnectionError, ValueError,
+                KeyError, TypeError) as exc:
+            if supervisor_pid:
+                # Its children are in their own groups; the zygote's sweep catches them.
+                with contextlib.suppress(OSError):
+                    os.kill(supervisor_pid, signal.SIGKILL)
+            return RunResult(
+                status="sandbox_error",
+                detail=f"supervisor failed: {exc!r}",
+                total_ms=(time.monotonic() - started) * 1000,
+            )
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+        return RunResult.from_reply(reply, (time.monotonic() - started) * 1000)
+
+    async def close(self) -> None:
+        self._closed = True
+        proc = self._proc
+        if self._ctl is not None:
+            with contextlib.suppress(OSError):
+                self._ctl.close()
+            self._ctl = None
+        if proc is not None:
+            # EOF on the control socket makes the zygote kill everything below it and exit.
+            for _ in range(100):
+                if proc.poll() is not None:
+                    break
+                await asyncio.sleep(0.05)
+            if proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
+        self._proc = None
+        if self._scratch:
+            remove_tree(self._scratch)
+            self._scratch = None
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
+    length = wire.decode_length(await reader.readexactly(wire.HEADER.size))
+    return wire.decode(await reader.readexactly(length))

@@ -1,0 +1,197 @@
+"""CourseGrader status: conditions, phase and figures (pure).
+
+Conditions follow the Kubernetes convention (type, status, reason, message, lastTransitionTime,
+observedGeneration); lastTransitionTime only moves when a condition's status flips, so the status is
+stable when nothing changes and the operator writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import constants as C
+
+
+def now_rfc3339(now: datetime.datetime | None = None) -> str:
+    now = now or datetime.datetime.now(datetime.UTC)
+    return now.astimezone(datetime.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str
+    message: str = ""
+
+
+def merge_conditions(previous: Iterable[Mapping[str, Any]] | None, wanted: Sequence[Condition],
+                     generation: int, timestamp: str) -> list[dict[str, Any]]:
+    """Wanted conditions in a fixed order, keeping lastTransitionTime when the status did not flip."""
+    before = {c.get("type"): c for c in previous or () if isinstance(c, Mapping)}
+    order = {t: i for i, t in enumerate(C.CONDITION_ORDER)}
+    out: list[dict[str, Any]] = []
+    for cond in sorted(wanted, key=lambda c: order.get(c.type, len(order))):
+        status = "True" if cond.status else "False"
+        old = before.get(cond.type)
+        changed = old is None or old.get("status") != status
+        out.append({
+            "type": cond.type,
+            "status": status,
+            "reason": cond.reason,
+            "message": cond.message[:1024],
+            "observedGeneration": generation,
+            "lastTransitionTime": timestamp if changed else old.get("lastTransitionTime", timestamp),
+        })
+    return out
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the operator knows about one CourseGrader at a moment."""
+
+    generation: int
+    spec_error: str | None = None
+    provisioned: Condition | None = None
+    reconcile_error: str | None = None
+    desired_replicas: int | None = None
+    deployment: Mapping[str, Any] | None = None  # the Deployment's metadata.generation + status
+    queued: int | None = None
+    in_flight: int | None = None
+    oldest_queued_age: float | None = None
+    metrics_error: str | None = None
+    scaling_enabled: bool = True
+    limited: bool = False
+    max_replicas: int = 0
+    last_scale_time: str | None = None
+    grader_username: str | None = None
+    credentials_secret: str | None = None
+    deployment_name: str | None = None
+
+
+def _deployment_ready(obs: Observed) -> tuple[int, int, bool]:
+    """(ready replicas, updated replicas, rollout complete) as the Deployment reports them."""
+    dep = obs.deployment or {}
+    status = dep.get("status") or {}
+    ready = int(status.get("readyReplicas") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    generation = dep.get("metadata", {}).get("generation")
+    seen = status.get("observedGeneration")
+    complete = generation is not None and seen is not None and seen >= generation
+    return ready, updated, complete
+
+
+def build_status(obs: Observed, previous: Mapping[str, Any] | None, timestamp: str) -> dict[str, Any]:
+    """The full `.status` to write (the caller compares it with what is stored before writing)."""
+    prev = previous or {}
+    conditions: list[Condition] = []
+    status: dict[str, Any] = {"observedGeneration": obs.generation}
+
+    if obs.spec_error:
+        conditions.append(Condition(C.COND_SPEC_VALID, False, "InvalidSpec", obs.spec_error))
+        conditions.append(Condition(C.COND_READY, False, "InvalidSpec",
+                                    "the spec is invalid; fix it to let the operator reconcile"))
+        status["phase"] = C.PHASE_INVALID
+        # Keep the last known figures visible: the previous Deployment keeps running untouched.
+        for key in ("replicas", "readyReplicas", "ready", "queueLength", "inFlight"):
+            if key in prev:
+                status[key] = prev[key]
+        status["conditions"] = merge_conditions(prev.get("conditions"), conditions, obs.generation,
+                                                timestamp)
+        return status
+
+    conditions.append(Condition(C.COND_SPEC_VALID, True, "Valid", "the spec is valid"))
+    if obs.provisioned is not None:
+        conditions.append(obs.provisioned)
+    if obs.reconcile_error:
+        conditions.append(Condition(C.COND_RECONCILED, False, "ApplyFailed", obs.reconcile_error))
+    else:
+        conditions.append(Condition(C.COND_RECONCILED, True, "Applied",
+                                    "all managed objects match the spec"))
+
+    desired = obs.desired_replicas if obs.desired_replicas is not None else 0
+    ready, updated, complete = _deployment_ready(obs)
+    status["replicas"] = desired
+    status["readyReplicas"] = ready
+    status["ready"] = f"{ready}/{desired}"
+
+    if obs.scaling_enabled:
+        if obs.metrics_error:
+            conditions.append(Condition(C.COND_SCALING_ACTIVE, False, "MetricsUnavailable",
+                                        f"cannot read the queue length: {obs.metrics_error}; "
+                                        "holding the current replica count"))
+        elif obs.queued is None:
+            conditions.append(Condition(C.COND_SCALING_ACTIVE, False, "WaitingForMetrics",
+                                        "no queue length read yet"))
+        else:
+            conditions.append(Condition(C.COND_SCALING_ACTIVE, True, "ValidMetric",
+                                        "replicas follow the queue length"))
+        conditions.append(Condition(
+            C.COND_SCALING_LIMITED, obs.limited, "TooManySubmissions" if obs.limited else "WithinRange",
+            f"the queue needs more than maxReplicas={obs.max_replicas}" if obs.limited
+            else "the recommendation is within minReplicas..maxReplicas"))
+    else:
+        conditions.append(Condition(C.COND_SCALING_ACTIVE, False, "ScalingDisabled",
+                                    "spec.scaling.enabled is false; running minReplicas"))
+    if obs.queued is not None:
+        status["queueLength"] = obs.queued
+        status["inFlight"] = obs.in_flight or 0
+        if obs.oldest_queued_age is not None:
+            status["oldestQueuedAgeSeconds"] = round(obs.oldest_queued_age)
+    if obs.last_scale_time:
+        status["lastScaleTime"] = obs.last_scale_time
+    for key, value in (("graderUsername", obs.grader_username),
+                       ("credentialsSecret", obs.credentials_secret),
+                       ("deployment", obs.deployment_name)):
+        if value:
+            status[key] = value
+
+    provisioned_ok = obs.provisioned is None or obs.provisioned.status
+    if obs.reconcile_error:
+        ready_cond = Condition(C.COND_READY, False, "ReconcileFailed", obs.reconcile_error)
+        phase = C.PHASE_DEGRADED
+    elif obs.deployment is None:
+        ready_cond = Condition(C.COND_READY, False, "DeploymentMissing",
+                               "the grader Deployment is not there yet")
+        phase = C.PHASE_PROGRESSING
+    elif desired == 0:
+        ready_cond = Condition(C.COND_READY, True, "ScaledToZero",
+                               "no work queued; graders start when submissions arrive")
+        phase = C.PHASE_IDLE
+    elif ready >= desired and updated >= desired and complete:
+        ready_cond = Condition(C.COND_READY, True, "GradersReady", f"{ready}/{desired} graders ready")
+        phase = C.PHASE_READY
+    else:
+        ready_cond = Condition(C.COND_READY, False, "GradersNotReady", f"{ready}/{desired} graders ready")
+        phase = C.PHASE_PROGRESSING
+    if not provisioned_ok and phase in (C.PHASE_PROGRESSING, C.PHASE_READY, C.PHASE_IDLE):
+        phase = C.PHASE_PROVISIONING
+        if ready_cond.status:
+            ready_cond = Condition(C.COND_READY, False, "NotProvisioned",
+                                   obs.provisioned.message if obs.provisioned else "")
+    conditions.append(ready_cond)
+    status["phase"] = phase
+    status["conditions"] = merge_conditions(prev.get("conditions"), conditions, obs.generation, timestamp)
+    return status
+
+
+def status_differs(new: Mapping[str, Any], old: Mapping[str, Any] | None,
+                   ignore: Iterable[str] = ()) -> bool:
+    """Whether writing `new` would change anything (ignoring keys in `ignore`)."""
+    old = old or {}
+    skip = set(ignore) | {"kopf"}
+    keys = (set(new) | set(old)) - skip
+    return any(new.get(k) != old.get(k) for k in keys)
+
+
+def status_patch(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A merge patch that turns `old` into `new`: keys that disappeared are set to null."""
+    old = old or {}
+    patch: dict[str, Any] = dict(new)
+    for key in old:
+        if key not in new and key != "kopf":
+            patch[key] = None
+    return patch

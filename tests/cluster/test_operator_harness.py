@@ -1,0 +1,314 @@
+"""Shared pieces for the operator's cluster tests (this module holds no tests itself).
+
+* ``coursegrader_crd`` (session): the CRD from crds/, applied and Established.
+* ``Rest``: a small synchronous client for the test's own reads and writes (camelCase JSON, no models).
+* ``running_operator``: the real operator in-process through kopf's KopfRunner, with fast settings.
+* ``wait_for``: poll a condition with a deadline (bounded in time and count), never a fixed sleep.
+* ``TcpProxy``: a loopback TCP relay that can silently stop relaying, to fake a dead watch stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import kopf
+import pytest
+import requests
+from kopf.testing import KopfRunner
+
+from coursegrader_operator import constants as C
+from tests.cluster.controlplane import ControlPlane
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CRD_FILE = ROOT / "crds" / f"{C.PLURAL}.{C.GROUP}.yaml"
+GRADER_IMAGE = "registry.invalid/xqueue-grader:test"  # never pulled: kwok only fakes pods
+T = TypeVar("T")
+
+# Fast settings for tests: short watches so KopfRunner threads exit promptly, quick scaling ticks.
+FAST_ENV = {
+    "XQOP_GRADER_IMAGE": GRADER_IMAGE,
+    "XQOP_SCALE_INTERVAL": "0.5",
+    "XQOP_RESYNC_INTERVAL": "60",
+    "XQOP_STATUS_MIN_INTERVAL": "0.5",
+    "XQOP_XQUEUE_TIMEOUT": "2",
+    "XQOP_REQUEST_TIMEOUT": "10",
+    "XQOP_WATCH_SERVER_TIMEOUT": "10",
+    "XQOP_WATCH_CLIENT_TIMEOUT": "20",
+    "XQOP_WATCH_CONNECT_TIMEOUT": "5",
+    "XQOP_WATCH_INACTIVITY_TIMEOUT": "70",
+    "XQOP_WORKERS": "4",
+}
+
+
+def wait_for(check: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.1) -> T:
+    """Return check()'s first truthy value; fail after `timeout` s (and a matching number of tries)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    for _ in range(int(timeout / interval) + 50):
+        last = check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            break
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
+
+
+class Rest:
+    """Synchronous JSON calls to the API server with the admin credentials from a kubeconfig."""
+
+    PATHS = {
+        "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
+        "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
+        "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
+        "Secret": "/api/v1/namespaces/{ns}/secrets",
+        "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+        "Event": "/api/v1/namespaces/{ns}/events",
+        "Pod": "/api/v1/namespaces/{ns}/pods",
+        C.KIND: f"/apis/{C.API_VERSION}/namespaces/{{ns}}/{C.PLURAL}",
+    }
+
+    def __init__(self, kubeconfig: str | os.PathLike[str]) -> None:
+        old = os.environ.get("KUBECONFIG")
+        os.environ["KUBECONFIG"] = str(kubeconfig)
+        try:
+            info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
+        finally:
+            if old is None:
+                os.environ.pop("KUBECONFIG", None)
+            else:
+                os.environ["KUBECONFIG"] = old
+        assert info is not None and info.certificate_path and info.private_key_path, "needs cert paths"
+        self.server = info.server.rstrip("/")
+        self.session = requests.Session()
+        self.session.trust_env = False  # loopback only, never through a proxy from the environment
+        self.session.verify = str(info.ca_path)
+        self.session.cert = (str(info.certificate_path), str(info.private_key_path))
+
+    def url(self, kind: str, ns: str, name: str | None = None, sub: str | None = None) -> str:
+        url = self.server + self.PATHS[kind].format(ns=ns)
+        if name:
+            url += f"/{name}"
+        if sub:
+            url += f"/{sub}"
+        return url
+
+    def get(self, kind: str, ns: str, name: str) -> dict[str, Any] | None:
+        resp = self.session.get(self.url(kind, ns, name), timeout=10)
+        if resp.status_code == 404:
+            return None
+        resp.raise_for_status()
+        result: dict[str, Any] = resp.json()
+        return result
+
+    def list(self, kind: str, ns: str, **params: str) -> list[dict[str, Any]]:
+        resp = self.session.get(self.url(kind, ns), params=params, timeout=10)
+        resp.raise_for_status()
+        items: list[dict[str, Any]] = resp.json()["items"]
+        return items
+
+    def create(self, kind: str, ns: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        resp = self.session.post(self.url(kind, ns), json=body, timeout=10)
+        if resp.status_code >= 400:
+            raise AssertionError(f"create {kind} failed: {resp.status_code} {resp.text}")
+        result: dict[str, Any] = resp.json()
+        return result
+
+    def try_create(self, kind: str, ns: str, body: Mapping[str, Any]) -> requests.Response:
+        return self.session.post(self.url(kind, ns), json=body, timeout=10)
+
+    def patch(self, kind: str, ns: str, name: str, patch: Mapping[str, Any],
+              kind_of_patch: str = "merge") -> dict[str, Any]:
+        content_type = {"merge": "application/merge-patch+json", "json": "application/json-patch+json",
+                        "strategic": "application/strategic-merge-patch+json"}[kind_of_patch]
+        resp = self.session.patch(self.url(kind, ns, name), data=json.dumps(patch),
+                                  headers={"Content-Type": content_type}, timeout=10)
+        if resp.status_code >= 400:
+            raise AssertionError(f"patch {kind}/{name} failed: {resp.status_code} {resp.text}")
+        result: dict[str, Any] = resp.json()
+        return result
+
+    def delete(self, kind: str, ns: str, name: str, propagation: str = "Background") -> bool:
+        resp = self.session.delete(self.url(kind, ns, name), timeout=10,
+                                   json={"propagationPolicy": propagation})
+        if resp.status_code == 404:
+            return False
+        resp.raise_for_status()
+        return True
+
+    def events(self, ns: str, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.list("Event", ns)
+                if e.get("involvedObject", {}).get("name") == name
+                and e.get("involvedObject", {}).get("kind") == C.KIND]
+
+    def close(self) -> None:
+        self.session.close()
+
+
+@pytest.fixture(scope="session")
+def coursegrader_crd(kube: ControlPlane) -> str:
+    name = f"{C.PLURAL}.{C.GROUP}"
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    kube.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    return name
+
+
+@pytest.fixture
+def rest(kube: ControlPlane) -> Iterator[Rest]:
+    client = Rest(kube.kubeconfig)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def operator_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Fast operator settings for this test (tests may add more with monkeypatch.setenv)."""
+    for key in list(os.environ):
+        if key.startswith("XQOP_"):
+            monkeypatch.delenv(key)
+    for key, value in FAST_ENV.items():
+        monkeypatch.setenv(key, value)
+    return dict(FAST_ENV)
+
+
+@contextlib.contextmanager
+def running_operator(namespace: str, *, timeout: float = 60) -> Iterator[KopfRunner]:
+    """The real operator in this process (own thread and loop), watching one namespace.
+
+    On exit it checks that the operator stopped cleanly and logged no traceback: an exception
+    swallowed inside a handler or a background task fails the test here.
+    """
+    args = ["run", "--standalone", "--namespace", namespace, "-m", "coursegrader_operator.handlers",
+            "--verbose"]
+    runner = KopfRunner(args, timeout=timeout, settings=kopf.OperatorSettings())
+    with runner:
+        yield runner
+    assert runner.exception is None, runner.exception
+    assert runner.exit_code == 0, runner.output[-5000:]
+    assert "Traceback" not in runner.output, runner.output[-20000:]
+
+
+def secret_manifest(name: str, username: str, password: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+            "stringData": {"username": username, "password": password}}
+
+
+def coursegrader_manifest(name: str, *, queue: str = "course-queue", url: str = "http://127.0.0.1:9",
+                          secret: str | None = "grader-login", **spec: Any) -> dict[str, Any]:
+    server: dict[str, Any] = {"url": url}
+    if secret:
+        server["credentialsSecretRef"] = {"name": secret}
+    else:
+        server["provision"] = True
+    body: dict[str, Any] = {
+        "queue": queue,
+        "server": server,
+        "repo": {"url": "https://git.example.invalid/course.git", "ref": "main"},
+    }
+    for key, value in spec.items():
+        if isinstance(value, dict) and isinstance(body.get(key), dict):
+            body[key] = {**body[key], **value}
+        else:
+            body[key] = value
+    return {"apiVersion": C.API_VERSION, "kind": C.KIND, "metadata": {"name": name}, "spec": body}
+
+
+def condition(cg: Mapping[str, Any] | None, type_: str) -> dict[str, Any]:
+    for cond in (cg or {}).get("status", {}).get("conditions", []):
+        if cond.get("type") == type_:
+            return dict(cond)
+    return {}
+
+
+def is_ready(cg: Mapping[str, Any] | None) -> bool:
+    return condition(cg, C.COND_READY).get("status") == "True" and \
+        (cg or {}).get("status", {}).get("observedGeneration") == (cg or {}).get("metadata", {}).get("generation")
+
+
+def count_lines(pattern: str, text: str) -> int:
+    return len(re.findall(pattern, text))
+
+
+class TcpProxy:
+    """Relays 127.0.0.1:<port> to a target; `freeze()` silently stops relaying on open connections.
+
+    A frozen connection stays open and says nothing: exactly what a watch stream looks like when a
+    NAT table or load balancer drops it without a RST. New connections are relayed normally.
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._frozen: set[int] = set()
+        self._conns: list[tuple[socket.socket, socket.socket, int]] = []
+        self._next = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target, timeout=5)
+            with self._lock:
+                conn_id = self._next
+                self._next += 1
+                self._conns.append((client, upstream, conn_id))
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst, conn_id), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, conn_id: int) -> None:
+        src.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                data = src.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            with self._lock:
+                frozen = conn_id in self._frozen
+            if frozen:
+                continue  # swallow: the peer never hears about it
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def freeze(self) -> int:
+        """Blackhole every connection open now; returns how many."""
+        with self._lock:
+            ids = {c[2] for c in self._conns}
+            self._frozen |= ids
+            return len(ids)
+
+    def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self.listener.close()
+        with self._lock:
+            for client, upstream, _ in self._conns:
+                for s in (client, upstream):
+                    with contextlib.suppress(OSError):
+                        s.close()

@@ -1,0 +1,219 @@
+"""``xqueue-admin``: accounts, queues, migrations and dead-lettered callbacks, straight on the database.
+
+The database URL comes from ``XQUEUE_DATABASE_URL`` (or the config file); without one, the URL of the
+local throwaway cluster started by ``xqueue-server`` / ``make run`` (``.local/database_url``) is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from .app import import_users
+from .auth import digest_secret, hash_password, new_secret
+from .config import ConfigError, load_settings
+from .db import Database
+
+
+def database_url() -> str:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
+    if settings.database_url:
+        return settings.database_url
+    local = Path(settings.local_state_dir) / "database_url"
+    if local.exists():
+        return local.read_text().strip()
+    raise SystemExit("no database: set XQUEUE_DATABASE_URL (or start the local server with `make run`)")
+
+
+def read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+    if len(password) < 8:
+        raise SystemExit("passwords must have at least 8 characters")
+    return password
+
+
+def split_queues(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [q for q in (part.strip() for part in value.split(",")) if q]
+
+
+async def cmd_migrate(db: Database, args: argparse.Namespace) -> int:
+    applied = await db.migrate()
+    print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    print(f"schema version: {await db.schema_version()}")
+    return 0
+
+
+async def cmd_create_user(db: Database, args: argparse.Namespace) -> int:
+    password_hash = await asyncio.to_thread(hash_password, read_password(args))
+    created = await db.upsert_account(
+        args.username, password_hash, args.admin, split_queues(args.pull_queues), split_queues(args.submit_queues)
+    )
+    print(f"{'created' if created else 'updated'} account {args.username}")
+    return 0
+
+
+async def cmd_set_password(db: Database, args: argparse.Namespace) -> int:
+    password_hash = await asyncio.to_thread(hash_password, read_password(args))
+    if not await db.set_password(args.username, password_hash):
+        print(f"no account {args.username}", file=sys.stderr)
+        return 1
+    print(f"password of {args.username} reset")
+    return 0
+
+
+async def cmd_import_users(db: Database, args: argparse.Namespace) -> int:
+    try:
+        names = await import_users(db, Path(args.file))
+    except (OSError, ValueError) as exc:
+        print(f"cannot import {args.file}: {exc}", file=sys.stderr)
+        return 1
+    print(f"imported {len(names)} account(s): {', '.join(names)}")
+    return 0
+
+
+async def cmd_delete_user(db: Database, args: argparse.Namespace) -> int:
+    if not await db.delete_account(args.username):
+        print(f"no account {args.username}", file=sys.stderr)
+        return 1
+    print(f"deleted account {args.username}")
+    return 0
+
+
+async def cmd_list_users(db: Database, args: argparse.Namespace) -> int:
+    for row in await db.list_accounts():
+        pull = "all" if row["pull_queues"] is None else ",".join(row["pull_queues"]) or "none"
+        submit = "all" if row["submit_queues"] is None else ",".join(row["submit_queues"]) or "none"
+        print(f"{row['username']:<30} admin={str(row['is_admin']).lower():<5} pull={pull} submit={submit}")
+    return 0
+
+
+async def cmd_create_token(db: Database, args: argparse.Namespace) -> int:
+    found = await db.get_account_with_hash(args.username)
+    if found is None:
+        print(f"no account {args.username}", file=sys.stderr)
+        return 1
+    secret = new_secret()
+    await db.create_token(digest_secret(secret), found[0].id, split_queues(args.pull_queues),
+                          split_queues(args.submit_queues), args.ttl_seconds)
+    print(secret)
+    return 0
+
+
+async def cmd_create_queue(db: Database, args: argparse.Namespace) -> int:
+    for name in args.names:
+        created = await db.create_queue(name)
+        print(f"{'created' if created else 'exists '} {name}")
+    return 0
+
+
+async def cmd_list_queues(db: Database, args: argparse.Namespace) -> int:
+    print(f"{'queue':<30} {'queued':>8} {'in_flight':>10} {'oldest_s':>10}")
+    for row in await db.queue_stats():
+        oldest = row["oldest_queued_age_seconds"]
+        print(f"{row['name']:<30} {row['queued']:>8} {row['in_flight']:>10} "
+              f"{'-' if oldest is None else f'{oldest:.1f}':>10}")
+    return 0
+
+
+async def cmd_delete_queue(db: Database, args: argparse.Namespace) -> int:
+    if not await db.delete_queue(args.name):
+        print(f"no queue {args.name}", file=sys.stderr)
+        return 1
+    print(f"deleted queue {args.name}")
+    return 0
+
+
+async def cmd_dead_letters(db: Database, args: argparse.Namespace) -> int:
+    rows = await db.list_dead_callbacks(args.limit)
+    if args.json:
+        print(json.dumps(rows, default=str, indent=2))
+        return 0
+    if not rows:
+        print("no dead-lettered callbacks")
+    for row in rows:
+        print(f"#{row['id']} submission={row['submission_id']} kind={row['kind']} attempts={row['attempts']} "
+              f"since={row['created_at']:%Y-%m-%d %H:%M:%S} url={row['url']} error={row['last_error']}")
+    return 0
+
+
+async def cmd_redeliver(db: Database, args: argparse.Namespace) -> int:
+    if not args.all and not args.ids:
+        print("give callback ids or --all", file=sys.stderr)
+        return 2
+    ids = await db.redeliver_callbacks(None if args.all else args.ids)
+    print(f"re-queued {len(ids)} callback(s) for delivery")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xqueue-admin", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[Database, argparse.Namespace], Awaitable[int]], help_text: str) -> Any:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(func=func)
+        return command
+
+    add("migrate", cmd_migrate, "apply pending schema migrations")
+    for name, func, help_text in (("create-user", cmd_create_user, "create or update an account"),
+                                  ("set-password", cmd_set_password, "reset an account's password")):
+        command = add(name, func, help_text)
+        command.add_argument("username")
+        command.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+        if name == "create-user":
+            command.add_argument("--admin", action="store_true", help="may use the admin API")
+            command.add_argument("--pull-queues", help="comma-separated queues it may pull (default: all)")
+            command.add_argument("--submit-queues", help="comma-separated queues it may submit to (default: all)")
+    add("import-users", cmd_import_users, "create/reset accounts from a {username: password} YAML file"
+        ).add_argument("file")
+    add("delete-user", cmd_delete_user, "delete an account").add_argument("username")
+    add("list-users", cmd_list_users, "list accounts and their queue permissions")
+    token = add("create-token", cmd_create_token, "print a new API token (Authorization: Bearer) for an account")
+    token.add_argument("username")
+    token.add_argument("--pull-queues")
+    token.add_argument("--submit-queues")
+    token.add_argument("--ttl-seconds", type=float)
+    add("create-queue", cmd_create_queue, "create queues").add_argument("names", nargs="+")
+    add("list-queues", cmd_list_queues, "list queues with their depth")
+    add("delete-queue", cmd_delete_queue, "delete a queue").add_argument("name")
+    dead = add("dead-letters", cmd_dead_letters, "list callbacks that could not be delivered")
+    dead.add_argument("--limit", type=int, default=100)
+    dead.add_argument("--json", action="store_true")
+    redeliver = add("redeliver", cmd_redeliver, "put dead-lettered callbacks back in the outbox")
+    redeliver.add_argument("ids", nargs="*", type=int)
+    redeliver.add_argument("--all", action="store_true")
+    return parser
+
+
+async def run(args: argparse.Namespace, url: str) -> int:
+    db = await Database.connect(url, min_size=1, max_size=2)
+    try:
+        if args.command != "migrate":
+            await db.migrate()
+        return await args.func(db, args)
+    finally:
+        await db.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    raise SystemExit(asyncio.run(run(args, database_url())))
+
+
+if __name__ == "__main__":
+    main()
