@@ -115,6 +115,8 @@ def parse_submit(header: Any, body: Any, max_header_bytes: int, max_body_bytes: 
 
 
 def is_absolute_http_url(url: str) -> bool:
+    if any(ord(ch) < 32 for ch in url):
+        return False
     try:
         parts = urlsplit(url)
     except ValueError:

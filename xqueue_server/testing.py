@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 import threading
 import time
 import uuid
@@ -83,6 +84,7 @@ class ServerThread:
     def start(cls, database_url: str, queues: tuple[str, ...] = ("test-pull",), **overrides: Any) -> ServerThread:
         overrides.setdefault("port", 0)
         overrides.setdefault("log_level", "WARNING")
+        overrides.setdefault("storage_dir", tempfile.mkdtemp(prefix="xqueue-files-"))
         settings = load_settings(env={}, database_url=database_url, queues=queues, **overrides)
         server = cls(settings=settings)
         server._thread = LoopThread("xqueue-server")

@@ -396,6 +396,8 @@ class ControlPlane:
             f"--root-ca-file={self.pki_dir / 'ca.crt'}",
             "--bind-address=127.0.0.1",
             "--secure-port=0",  # no listener at all: nothing to leak, readiness is checked via the API
+            # Its default (/usr/libexec/kubernetes/...) would be created on the host.
+            f"--flex-volume-plugin-dir={self.work_dir / 'flexvolume'}",
             "--kube-api-qps=100",
             "--kube-api-burst=200",
             "--profiling=false",

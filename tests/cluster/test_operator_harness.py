@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 import kopf
 import pytest
 import requests
+from coursegrader_operator import constants as C
 from kopf.testing import KopfRunner
 
-from coursegrader_operator import constants as C
 from tests.cluster.controlplane import ControlPlane
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -154,23 +154,23 @@ class Rest:
         self.session.close()
 
 
-@pytest.fixture(scope="session")
-def coursegrader_crd(kube: ControlPlane) -> str:
+@pytest.fixture(scope="session", name="coursegrader_crd")
+def coursegrader_crd_fixture(kube: ControlPlane) -> str:
     name = f"{C.PLURAL}.{C.GROUP}"
     kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
     kube.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
     return name
 
 
-@pytest.fixture
-def rest(kube: ControlPlane) -> Iterator[Rest]:
+@pytest.fixture(name="rest")
+def rest_fixture(kube: ControlPlane) -> Iterator[Rest]:
     client = Rest(kube.kubeconfig)
     yield client
     client.close()
 
 
-@pytest.fixture
-def operator_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+@pytest.fixture(name="operator_env")
+def operator_env_fixture(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Fast operator settings for this test (tests may add more with monkeypatch.setenv)."""
     for key in list(os.environ):
         if key.startswith("XQOP_"):
@@ -230,8 +230,9 @@ def condition(cg: Mapping[str, Any] | None, type_: str) -> dict[str, Any]:
 
 
 def is_ready(cg: Mapping[str, Any] | None) -> bool:
-    return condition(cg, C.COND_READY).get("status") == "True" and \
-        (cg or {}).get("status", {}).get("observedGeneration") == (cg or {}).get("metadata", {}).get("generation")
+    cg = cg or {}
+    seen = cg.get("status", {}).get("observedGeneration")
+    return condition(cg, C.COND_READY).get("status") == "True" and seen == cg["metadata"]["generation"]
 
 
 def count_lines(pattern: str, text: str) -> int:

@@ -74,3 +74,46 @@ def build_filter(protected_pids: Iterable[int]) -> Any:
 def install(protected_pids: Iterable[int]) -> None:
     """Load the filter into this process (sets no_new_privs as a side effect)."""
     build_filter(protected_pids).load()
+
+
+class CompiledFilter:
+    """A filter compiled to BPF once (in the zygote) and loaded with one prctl per run.
+
+    Building the filter with libseccomp costs milliseconds; loading precompiled BPF costs
+    microseconds, which matters at one filter per sandboxed run.
+    """
+
+    def __init__(self, bpf: bytes) -> None:
+        import ctypes
+
+        if not bpf or len(bpf) % 8:
+            raise ValueError("not a BPF program")
+
+        class _SockFprog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+        self._buffer = ctypes.create_string_buffer(bpf, len(bpf))
+        self._prog = _SockFprog(len(bpf) // 8, ctypes.addressof(self._buffer))
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._ctypes = ctypes
+
+    def load(self) -> None:
+        """Install into this process; no_new_privs must already be set."""
+        pr_set_seccomp, seccomp_mode_filter = 22, 2
+        if self._libc.prctl(pr_set_seccomp, seccomp_mode_filter, self._ctypes.byref(self._prog), 0, 0) != 0:
+            err = self._ctypes.get_errno()
+            raise OSError(err, "prctl(PR_SET_SECCOMP)")
+
+
+def compile_filter(protected_pids: Iterable[int]) -> CompiledFilter:
+    """Build the filter with libseccomp and export its BPF program."""
+    import os
+    import tempfile
+
+    flt = build_filter(protected_pids)
+    with tempfile.TemporaryFile() as fh:
+        flt.export_bpf(fh)
+        fh.flush()
+        os.lseek(fh.fileno(), 0, os.SEEK_SET)
+        bpf = fh.read()
+    return CompiledFilter(bpf)

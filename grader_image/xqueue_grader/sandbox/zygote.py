@@ -25,6 +25,7 @@ import array
 import contextlib
 import gc
 import importlib
+import itertools
 import json
 import os
 import resource
@@ -93,6 +94,8 @@ class ZygoteConfig:
     landlock_abi: int = 0
     seccomp_ok: bool = False
     paths: SandboxPaths = field(default_factory=SandboxPaths)
+    landlock_rules: list[landlock.PathRule] = field(default_factory=list)
+    seccomp_filter: seccomp.CompiledFilter | None = None
 
 
 def _inside(path: str, parent: str) -> bool:
@@ -243,8 +246,22 @@ def dir_usage(path: str, max_entries: int = 20000) -> tuple[int, int]:
 
 # -- the child -------------------------------------------------------------------------------
 
+def enter_sandbox(cfg: ZygoteConfig, limits: Limits, run_dir: str) -> None:
+    """Apply every layer, in an order where each step is still allowed by the previous ones."""
+    prctl.set_no_new_privs()
+    if cfg.landlock_abi > 0:
+        landlock.restrict_with(cfg.landlock_abi, cfg.landlock_rules, [run_dir])
+    elif cfg.require_landlock:
+        raise RuntimeError("Landlock is required but not available")
+    apply_rlimits(limits)
+    if cfg.seccomp_filter is not None:
+        cfg.seccomp_filter.load()
+    elif cfg.require_seccomp:
+        raise RuntimeError("seccomp is required but not available")
+
+
 def prepare_child(cfg: ZygoteConfig, limits: Limits, run_dir: str, fds: tuple[int, int, int]) -> None:
-    """Everything between fork and the harness, in an order where each step is still allowed."""
+    """Everything between fork and the harness."""
     os.setsid()
     prctl.set_parent_death_signal(signal.SIGKILL)
     out_w, err_w, res_w = fds
@@ -253,6 +270,9 @@ def prepare_child(cfg: ZygoteConfig, limits: Limits, run_dir: str, fds: tuple[in
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
     os.dup2(res_w, 3)
+    enter_sandbox(cfg, limits, run_dir)
+    # Only stdio and the results channel survive: not the zygote's control socket, not the
+    # supervisor's connection to the daemon, not the Landlock rule fds.
     os.closerange(4, 1 << 20)
     os.chdir(run_dir)
     os.umask(0o077)
@@ -266,17 +286,6 @@ def prepare_child(cfg: ZygoteConfig, limits: Limits, run_dir: str, fds: tuple[in
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     with contextlib.suppress(OSError):
         os.nice(10)  # the daemon keeps priority when a run burns CPU
-    apply_rlimits(limits)
-    prctl.set_no_new_privs()
-    if cfg.landlock_abi > 0:
-        landlock.restrict(cfg.landlock_abi, cfg.paths.read_dirs, cfg.paths.read_files, [run_dir],
-                          cfg.paths.rw_files)
-    elif cfg.require_landlock:
-        raise RuntimeError("Landlock is required but not available")
-    if cfg.seccomp_ok:
-        seccomp.install([*cfg.protected_pids, os.getppid()])
-    elif cfg.require_seccomp:
-        raise RuntimeError("seccomp is required but not available")
     sys.path[:0] = [""]
 
 
@@ -376,7 +385,12 @@ def supervise(cfg: ZygoteConfig, conn_fd: int) -> int:
     marks.append(time.monotonic())
     for fd in captures:
         os.close(fd)
-    remove_tree(run_dir)
+    try:
+        # Common case: the run left nothing behind; two rmdir calls beat a full tree walk.
+        os.rmdir(os.path.join(run_dir, "tmp"))
+        os.rmdir(run_dir)
+    except OSError:
+        remove_tree(run_dir)
     marks.append(time.monotonic())
     results = captures[res_r]
     state, reason, exit_code, sig = classify(status, rusage, limits, kill_reason, bool(results.data))
@@ -398,7 +412,7 @@ def supervise(cfg: ZygoteConfig, conn_fd: int) -> int:
         "leftovers_killed": leftovers,
         "setup_ms": round((spawned - started) * 1000, 3),
         "cleanup_ms": round((time.monotonic() - finished) * 1000, 3),
-        "cleanup_steps_ms": [round((b - a) * 1000, 3) for a, b in zip(marks, marks[1:], strict=False)],
+        "cleanup_steps_ms": [round((b - a) * 1000, 3) for a, b in itertools.pairwise(marks)],
     }
     wire.send_frame(conn, reply)
     conn.close()
@@ -484,13 +498,7 @@ def probe(cfg: ZygoteConfig) -> dict[str, Any]:
         try:
             os.close(read_fd)
             os.chdir(run_dir)
-            apply_rlimits(Limits())
-            prctl.set_no_new_privs()
-            if cfg.landlock_abi > 0:
-                landlock.restrict(cfg.landlock_abi, cfg.paths.read_dirs, cfg.paths.read_files,
-                                  [run_dir], cfg.paths.rw_files)
-            if cfg.seccomp_ok:
-                seccomp.install(cfg.protected_pids)
+            enter_sandbox(cfg, Limits(), run_dir)
             report["setup"] = "ok"
             report["network"] = _probe_network()
             try:
@@ -551,17 +559,28 @@ def preload(names: list[str]) -> list[str]:
 
 def detect_features(cfg: ZygoteConfig) -> dict[str, Any]:
     cfg.landlock_abi = landlock.abi_version()
-    cfg.seccomp_ok = seccomp.available()
+    if cfg.landlock_abi > 0:
+        cfg.landlock_rules = landlock.open_rules(
+            cfg.landlock_abi, cfg.paths.read_dirs, cfg.paths.read_files, cfg.paths.rw_files
+        )
+    cfg.seccomp_filter = None
+    if seccomp.available():
+        try:
+            cfg.seccomp_filter = seccomp.compile_filter(cfg.protected_pids)
+        except (OSError, RuntimeError, ValueError):
+            cfg.seccomp_filter = None
     report = probe(cfg)
     # A kernel or container runtime that refuses one layer: keep the others.
     if report.get("setup") != "ok" and cfg.landlock_abi > 0:
         cfg.landlock_abi = 0
         report = probe(cfg)
-    if report.get("setup") != "ok" and cfg.seccomp_ok:
-        cfg.seccomp_ok = False
+    if report.get("setup") != "ok" and cfg.seccomp_filter is not None:
+        cfg.seccomp_filter = None
         report = probe(cfg)
     working = report.get("setup") == "ok"
-    cfg.seccomp_ok = cfg.seccomp_ok and working and report.get("network") == "socket-denied"
+    if cfg.seccomp_filter is not None and report.get("network") != "socket-denied":
+        cfg.seccomp_filter = None
+    cfg.seccomp_ok = cfg.seccomp_filter is not None and working
     if not working:
         cfg.landlock_abi = 0
     return {
