@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .auth import can_pull, hash_password, new_secret, digest_secret
+from .auth import can_pull, digest_secret, hash_password, new_secret
 from .context import AppContext, current_account
 from .db import Account
 

@@ -68,7 +68,7 @@ async def seed_from_settings(db: Database, settings: Settings) -> None:
 
 async def import_users(db: Database, path: Path) -> list[str]:
     """Create or reset the accounts of a ``{username: password}`` YAML file, like ``update_users``."""
-    users = yaml.safe_load(path.read_text()) or {}
+    users = yaml.safe_load(await asyncio.to_thread(path.read_text)) or {}
     if not isinstance(users, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in users.items()):
         raise ValueError(f"{path} must map usernames to passwords")
     for username, password in users.items():
@@ -149,13 +149,14 @@ async def _listen_forever(db: Database, waiters: QueueWaiters, deliverer: Callba
     while True:
         try:
             async with db.listen("xqueue_submissions", waiters.notify) as conn:
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
                 await conn.add_listener("xqueue_callbacks", lambda *_args: deliverer.notify())
                 delay = 0.5
                 # Work that arrived while we were not listening is picked up now.
                 waiters.notify_all()
                 deliverer.notify()
-                while not conn.is_closed():
-                    await asyncio.sleep(1.0)
+                await lost.wait()
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -9,6 +9,7 @@ replicas can run it: rows are claimed with SKIP LOCKED and stay invisible while 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -79,7 +80,7 @@ class CallbackDeliverer:
             try:
                 # Invisible long enough for one attempt to finish; a crashed worker's row comes back after.
                 due = await self.db.claim_due_callbacks(free, self.settings.callback_timeout_seconds + 30)
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 log.warning("outbox claim failed", extra={"fields": {"error": str(exc)}})
             except Exception as exc:  # database restarts must not kill the worker
                 log.warning("outbox claim failed", extra={"fields": {"error": repr(exc)}})
@@ -112,6 +113,11 @@ class CallbackDeliverer:
                     error = f"LMS returned status_code={response.status}"
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             error = f"could not connect to LMS: {type(exc).__name__}: {exc}"
+        except asyncio.CancelledError:
+            # Shutting down mid-attempt: hand the row back now instead of after its invisibility window.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.db.schedule_callback_retry(callback.id, 0.0, "interrupted by shutdown"), 2)
+            raise
         self.metrics.callback_latency.observe(time.perf_counter() - started)
         try:
             if error is None:

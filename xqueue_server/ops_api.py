@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -23,7 +21,7 @@ async def readyz(request: web.Request) -> web.Response:
     ctx = AppContext.of(request)
     try:
         await ctx.db.ping()
-    except (OSError, asyncio.TimeoutError, Exception) as exc:  # any database failure means not ready
+    except (TimeoutError, OSError, Exception) as exc:  # any database failure means not ready
         return web.json_response({"status": "unavailable", "database": type(exc).__name__}, status=503)
     return web.json_response({"status": "ok"})
 

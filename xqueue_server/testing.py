@@ -170,7 +170,8 @@ class FakeLMS:
     async def _start(self) -> None:
         app = web.Application()
         app.router.add_route("POST", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        # A short shutdown timeout: a test may leave a deliberately slow request hanging.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -195,6 +196,7 @@ class FakeLMS:
             return [c for c in self.callbacks if c.xqueue_header.get("lms_key") == lms_key]
 
     def stop(self) -> None:
+        self.delay = 0.0
         if self._runner is not None:
             self._thread.call(self._runner.cleanup())
         self._thread.close()

@@ -23,6 +23,7 @@
 | `XQOP_XQUEUE_NAMESPACE`, `XQOP_XQUEUE_POD_LABELS` | XQueue server pods (egress) | (none: any address) |
 | `XQOP_POSTING_LEVEL` | lowest level of Kubernetes events posted (DEBUG/INFO/WARNING) | INFO |
 | `XQOP_LIVENESS` | liveness endpoint URL for kopf, e.g. http://0.0.0.0:8081/healthz | (none) |
+| `XQOP_LOG_HANDLERS` | `1`: keep kopf's per-handler INFO log lines | 0 |
 
 Secrets are read from the environment or from files and are never logged or put into repr().
 """
@@ -85,6 +86,7 @@ class OperatorConfig:
     xqueue_pod_labels: Mapping[str, str] = field(default_factory=dict)
     posting_level: str = "INFO"
     liveness: str = ""
+    log_handlers: bool = False
 
     @property
     def spec_defaults(self) -> OperatorDefaults:
@@ -131,4 +133,5 @@ class OperatorConfig:
             xqueue_pod_labels=_labels(e.get("XQOP_XQUEUE_POD_LABELS", "")),
             posting_level=e.get("XQOP_POSTING_LEVEL", d.posting_level).upper(),
             liveness=e.get("XQOP_LIVENESS", ""),
+            log_handlers=e.get("XQOP_LOG_HANDLERS", "") in ("1", "true", "yes"),
         )

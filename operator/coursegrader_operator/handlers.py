@@ -38,7 +38,8 @@ def apply_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     # A watch that silently stops delivering (kopf #585/#957) is re-opened: the server ends each
     # watch after server_timeout, the client abandons it after client_timeout, and any stream that
     # delivers nothing, not even the API server's ~60 s bookmarks, for inactivity_timeout is dropped.
-    settings.watching.server_timeout = config.watch_server_timeout
+    # The API server parses timeoutSeconds as an integer ("270.0" is a 400 Bad Request).
+    settings.watching.server_timeout = max(1, round(config.watch_server_timeout))
     settings.watching.client_timeout = config.watch_client_timeout
     settings.watching.connect_timeout = config.watch_connect_timeout
     settings.watching.inactivity_timeout = config.watch_inactivity_timeout
@@ -65,6 +66,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logg
                   **_: Any) -> None:
     config = OperatorConfig.from_env()
     apply_settings(settings, config)
+    if not config.log_handlers:
+        # kopf logs every successful handler call at INFO; with one event per status change of
+        # every Deployment that is most of the log volume and says nothing. Failures still show.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kube = KubeClient(lambda: default_login(settings), timeout=config.request_timeout)
     poster = EventPoster(kube, warnings_only=config.posting_level in ("WARNING", "ERROR"))
     runtime = Runtime(config, kube, XQueueClient(timeout=config.xqueue_timeout), post_event=poster.post)

@@ -409,6 +409,9 @@ class Runtime:
         owner = g.owner
         objects = build_objects(owner, spec, g.desired_replicas or 0, self.config)
         started = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=2)
+        # Watch events for our own writes can arrive while we await and update seen_rv; compare
+        # with what was known before applying.
+        known = dict(g.seen_rv)
         deployment = objects.pop("Deployment")
         # The ServiceAccount and ConfigMap go first: pods of a Deployment created before them would
         # fail admission or start without their configuration.
@@ -420,7 +423,7 @@ class Runtime:
         for obj in results:
             kind, meta = obj.get("kind", ""), obj.get("metadata", {})
             rv = meta.get("resourceVersion", "")
-            before = g.seen_rv.get(kind)
+            before = known.get(kind)
             g.seen_rv[kind] = rv
             if before == rv:
                 continue

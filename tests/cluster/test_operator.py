@@ -16,7 +16,7 @@ import pytest
 from coursegrader_operator import constants as C
 from coursegrader_operator.drift import comparable, find_drift
 from coursegrader_operator.resources import Owner, build_deployment
-from coursegrader_operator.spec import parse_spec
+from coursegrader_operator.spec import OperatorDefaults, parse_spec
 
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.test_operator_harness import (  # noqa: F401 - the *_fixture names are fixtures
@@ -152,7 +152,7 @@ def test_tampered_objects_are_restored_within_10s(ns: str, rest: Rest, tamper: s
     with running_operator(ns):
         rest.create(C.KIND, ns, coursegrader_manifest("course-d"))
         cg = ready_cg(rest, ns, "course-d")
-        spec = parse_spec(cg["spec"])
+        spec = parse_spec(cg["spec"], OperatorDefaults(grader_image=GRADER_IMAGE))
         desired = comparable(build_deployment(Owner("course-d", ns, cg["metadata"]["uid"]), spec, 1))
         n = names("course-d")
         evil_image = {"spec": {"template": {"spec": {

@@ -64,8 +64,10 @@ def test_stale_pull_key_is_rejected_after_a_re_pull(xqueue_factory: Any, fake_lm
     time.sleep(0.5)
     second = fast.pull("test-pull")
     assert second is not None
-    assert json.loads(second["xqueue_header"])["submission_key"] != json.loads(first["xqueue_header"])["submission_key"]
-    assert slow.put_result(first["xqueue_header"], GRADE) == {"return_code": 1, "content": "Incorrect key for submission"}
+    first_key = json.loads(first["xqueue_header"])["submission_key"]
+    assert json.loads(second["xqueue_header"])["submission_key"] != first_key
+    stale = slow.put_result(first["xqueue_header"], GRADE)
+    assert stale == {"return_code": 1, "content": "Incorrect key for submission"}
     assert fast.put_result(second["xqueue_header"], GRADE) == {"return_code": 0, "content": ""}
     fake_lms.wait_for(lambda cbs: len([c for c in cbs if c.xqueue_header["lms_key"] == key]) == 1)
 
@@ -163,7 +165,7 @@ def test_undeliverable_callback_is_dead_lettered_and_can_be_redelivered(xqueue_f
     item = grader.pull("test-pull")
     assert item is not None
     grader.put_result(item["xqueue_header"], GRADE)
-    wait_until(lambda: "dead=" not in "" and "#" in run_admin(server, "dead-letters").stdout, timeout=10,
+    wait_until(lambda: "#" in run_admin(server, "dead-letters").stdout, timeout=10,
                interval=0.3)
     listing = run_admin(server, "dead-letters")
     assert "kind=grade" in listing.stdout and "status_code=500" in listing.stdout

@@ -52,6 +52,7 @@ def test_watch_settings_recover_from_silent_streams() -> None:
     assert settings.watching.inactivity_timeout == 15
     assert settings.watching.server_timeout is not None and settings.watching.client_timeout is not None
     assert settings.watching.client_timeout > settings.watching.server_timeout
+    assert isinstance(settings.watching.server_timeout, int)  # sent as timeoutSeconds=<int>
     assert settings.watching.connect_timeout is not None
     assert settings.networking.request_timeout == 30
     for resource in OWNED_RESOURCES:

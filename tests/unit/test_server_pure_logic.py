@@ -44,7 +44,8 @@ def test_parse_submit_enforces_size_limits() -> None:
 @pytest.mark.parametrize(("header", "message"), [
     ("{", "Incorrect reply format"),
     (json.dumps({"submission_id": 1}), "Incorrect reply format"),
-    (json.dumps({"submission_id": "x", "submission_key": "k"}), "Incorrect reply format: submission_id must be an integer"),
+    (json.dumps({"submission_id": "x", "submission_key": "k"}),
+     "Incorrect reply format: submission_id must be an integer"),
     (json.dumps({"submission_id": 0, "submission_key": "k"}), "Submission does not exist"),
     (json.dumps({"submission_id": 1, "submission_key": 5}), "Incorrect key for submission"),
 ])

@@ -260,7 +260,8 @@ def run_staff(job: dict[str, Any], harness_pid: int) -> dict[str, Any]:
     seed_randomness(int(job["seed"]))
     grader_mod, res = import_captured(grader_name, job["grader_source"], grader_name + ".py", limit, True)
     if grader_mod is None or not hasattr(grader_mod, "grader"):
-        prepare["status"] = "error"
+        # The course grader itself is broken: a staff problem, not the submission's.
+        prepare["status"] = "grader_error"
         prepare["exception"] = res.get("exception") or "grader module defines no 'grader'"
         return {"prepare": prepare, "grader": res}
     grader = grader_mod.grader

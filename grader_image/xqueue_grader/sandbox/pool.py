@@ -105,6 +105,8 @@ class SandboxSettings:
     require_landlock: bool = False
     max_restarts_per_minute: int = 5
     start_timeout: float = 60.0
+    # Layers to leave off ("landlock", "seccomp"): only for tests proving each layer on its own.
+    disable: tuple[str, ...] = ()
 
 
 class SandboxPool:
@@ -143,45 +145,7 @@ class SandboxPool:
             if uid == 0:
                 raise SandboxUnavailable("refusing to run student code as root (sandbox_uid is 0)")
             run_as = (uid, settings.sandbox_gid if settings.sandbox_gid is not None else uid)
-        if self._scratch is None:
-            self._scratch = tempfile.mkdtemp(prefix="xqgrader-", dir=settings.scratch_root)
-            if run_as:
-                os.chown(self._scratch, *run_as)
-        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        args = {
-            "ctl_fd": child_sock.fileno(),
-            "scratch": self._scratch,
-            "daemon_pid": os.getpid(),
-            "daemon_pgid": os.getpgid(0),
-            "hidden_paths": [self._scratch, *[os.path.realpath(p) for p in settings.hidden_paths]],
-            "preload": list(settings.preload),
-            "require_seccomp": settings.require_seccomp,
-            "require_landlock": settings.require_landlock,
-        }
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(xqueue_grader.__file__)))
-        # -I: no environment variables, no user site, no current directory on sys.path; the
-        # package location is passed explicitly so this works for any installation method.
-        code = (
-            "import sys; sys.path.insert(0, sys.argv[2]); "
-            "from xqueue_grader.sandbox.zygote import main; main(sys.argv)"
-        )
-        # As root, the zygote starts as root (the interpreter may live somewhere only root can
-        # read) and drops to ``run_as`` itself once everything it needs is imported.
-        args["drop_to"] = list(run_as) if run_as else None
-        try:
-            # Spawned from the event-loop thread on purpose: the zygote's parent-death signal is
-            # tied to the thread that forked it.
-            self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-B", "-c", code, json.dumps(args), package_parent],
-                pass_fds=(child_sock.fileno(),),
-                env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                cwd="/",
-                start_new_session=True,
-            )
-        finally:
-            child_sock.close()
+        self._proc, parent_sock = self._start_process(run_as)
         parent_sock.setblocking(False)
         self._ctl = parent_sock
         loop = asyncio.get_running_loop()
@@ -201,6 +165,53 @@ class SandboxPool:
         if settings.require_landlock and not self.features.get("landlock"):
             self._discard_zygote()
             raise SandboxUnavailable("Landlock is required but not available")
+
+    def _start_process(self, run_as: tuple[int, int] | None) -> tuple[subprocess.Popen[bytes], socket.socket]:
+        """Fork+exec the zygote (blocking for a few milliseconds, on purpose in the loop thread:
+        the zygote's parent-death signal is tied to the thread that forked it)."""
+        settings = self.settings
+        if self._scratch is None:
+            self._scratch = tempfile.mkdtemp(prefix="xqgrader-", dir=settings.scratch_root)
+            if run_as:
+                os.chown(self._scratch, *run_as)
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        args = {
+            "ctl_fd": child_sock.fileno(),
+            "scratch": self._scratch,
+            "daemon_pid": os.getpid(),
+            "daemon_pgid": os.getpgid(0),
+            "hidden_paths": [self._scratch, *[os.path.realpath(p) for p in settings.hidden_paths]],
+            "preload": list(settings.preload),
+            "require_seccomp": settings.require_seccomp,
+            "require_landlock": settings.require_landlock,
+            "disable": list(settings.disable),
+            # As root, the zygote starts as root (the interpreter may live somewhere only root
+            # can read) and drops to this uid itself once everything it needs is imported.
+            "drop_to": list(run_as) if run_as else None,
+        }
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(xqueue_grader.__file__)))
+        # -I: no environment variables, no user site, no current directory on sys.path; the
+        # package location is passed explicitly so this works for any installation method.
+        code = (
+            "import sys; sys.path.insert(0, sys.argv[2]); "
+            "from xqueue_grader.sandbox.zygote import main; main(sys.argv)"
+        )
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-B", "-c", code, json.dumps(args), package_parent],
+                pass_fds=(child_sock.fileno(),),
+                env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                cwd="/",
+                start_new_session=True,
+            )
+        except OSError:
+            parent_sock.close()
+            raise
+        finally:
+            child_sock.close()
+        return proc, parent_sock
 
     def _discard_zygote(self) -> None:
         if self._ctl is not None:

@@ -58,6 +58,7 @@ DEFAULT_PRELOAD = (
     "operator", "copy", "decimal", "fractions", "statistics", "datetime", "time", "heapq",
     "bisect", "textwrap", "typing", "dataclasses", "enum", "numbers", "pprint", "abc", "struct",
     "hashlib", "base64", "unicodedata", "array", "queue", "threading", "ast", "keyword",
+    "subprocess", "socket", "encodings.idna", "encodings.latin_1", "encodings.ascii",
 )
 CHILD_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -91,6 +92,7 @@ class ZygoteConfig:
     preload: list[str]
     require_seccomp: bool = False
     require_landlock: bool = False
+    disable: tuple[str, ...] = ()
     landlock_abi: int = 0
     seccomp_ok: bool = False
     paths: SandboxPaths = field(default_factory=SandboxPaths)
@@ -156,8 +158,8 @@ def children_of_self() -> list[int]:
     return found
 
 
-def reap(known: set[int] | None = None) -> list[tuple[int, int]]:
-    """Collect every exited child without blocking."""
+def reap() -> list[tuple[int, int]]:
+    """Collect every exited child without blocking; (pid, status) pairs."""
     done = []
     while True:
         try:
@@ -167,23 +169,23 @@ def reap(known: set[int] | None = None) -> list[tuple[int, int]]:
         if pid == 0:
             break
         done.append((pid, status))
-        if known is not None:
-            known.discard(pid)
     return done
 
 
-def kill_descendants(spare: set[int] | frozenset[int] = frozenset(), rounds: int = 60) -> int:
+def kill_descendants(spare: set[int] | frozenset[int] = frozenset(), rounds: int = 60,
+                     reaped: list[tuple[int, int]] | None = None) -> int:
     """SIGKILL every child (and its process group) except ``spare``; bounded in rounds and time.
 
     Because we are a subreaper, killing a process re-parents its own children to us, so repeating
-    until nothing is left also ends grandchildren and detached daemons.  Returns how many
-    processes were killed.
+    until nothing is left also ends grandchildren and detached daemons.  Exit statuses collected
+    on the way are appended to ``reaped``.  Returns how many processes were killed.
     """
+    collected = reaped if reaped is not None else []
     killed = 0
     own_group = os.getpgid(0)
     deadline = time.monotonic() + 3.0
     for attempt in range(rounds):
-        reap()
+        collected += reap()
         victims = [p for p in children_of_self() if p not in spare]
         if not victims or time.monotonic() > deadline:
             break
@@ -196,7 +198,7 @@ def kill_descendants(spare: set[int] | frozenset[int] = frozenset(), rounds: int
                 os.kill(pid, signal.SIGKILL)
                 killed += 1
         time.sleep(min(0.001 * (2 ** attempt), 0.05))
-    reap()
+    collected += reap()
     return killed
 
 
@@ -204,18 +206,17 @@ def remove_tree(path: str) -> None:
     """Delete a run directory that student code may have made hard to delete.
 
     Only directories are ever chmod-ed, after an lstat, so a symlink planted by the student never
-    makes us touch a file outside the run directory.
+    makes us touch a file outside the run directory; rmtree itself never follows symlinks.
     """
 
-    def fix(func: Any, failed: str, _exc: Any) -> None:
+    def fix(_func: Any, failed: str, _exc: Any) -> None:
+        # Make the entry and its parent traversable again; the next pass removes them.
         for target in (os.path.dirname(failed), failed):
             with contextlib.suppress(OSError):
                 if stat.S_ISDIR(os.lstat(target).st_mode):
                     os.chmod(target, 0o700)
-        with contextlib.suppress(OSError):
-            func(failed)
 
-    for _ in range(3):
+    for _ in range(5):
         if not os.path.lexists(path):
             return
         shutil.rmtree(path, onerror=fix)
@@ -254,8 +255,13 @@ def enter_sandbox(cfg: ZygoteConfig, limits: Limits, run_dir: str) -> None:
     elif cfg.require_landlock:
         raise RuntimeError("Landlock is required but not available")
     apply_rlimits(limits)
-    if cfg.seccomp_filter is not None:
+    if cfg.seccomp_filter is not None and cfg.landlock_abi >= 6:
+        # Landlock already confines signals to the sandbox: the precompiled filter will do.
         cfg.seccomp_filter.load()
+    elif cfg.seccomp_filter is not None:
+        # Without Landlock signal scoping, the filter itself must also protect this run's
+        # supervisor, whose pid is only known now (building it costs a few milliseconds).
+        seccomp.install([*cfg.protected_pids, os.getppid()])
     elif cfg.require_seccomp:
         raise RuntimeError("seccomp is required but not available")
 
@@ -352,7 +358,8 @@ def supervise(cfg: ZygoteConfig, conn_fd: int) -> int:
     started = time.monotonic()
     job = request["job"]
     limits = Limits.from_dict(request.get("limits") or {})
-    run_dir = tempfile.mkdtemp(prefix="run-", dir=cfg.scratch)
+    # The supervisor's pid in the name lets the zygote clean up after a supervisor that died.
+    run_dir = tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=cfg.scratch)
     os.mkdir(os.path.join(run_dir, "tmp"), 0o700)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -372,7 +379,7 @@ def supervise(cfg: ZygoteConfig, conn_fd: int) -> int:
     spawned = time.monotonic()
     output_cap = int(limits.output_kb) * 1024
     captures = {out_r: Capture(output_cap), err_r: Capture(output_cap), res_r: Capture(RESULTS_CAP)}
-    kill_reason = collect(child, run_dir, limits, captures, started)
+    kill_reason = collect(child, run_dir, limits, captures, captures[res_r], started)
     finished = time.monotonic()
     marks = [finished]
     with contextlib.suppress(OSError):
@@ -419,7 +426,7 @@ def supervise(cfg: ZygoteConfig, conn_fd: int) -> int:
     return 0
 
 
-def collect(child: int, run_dir: str, limits: Limits, captures: dict[int, Capture],
+def collect(child: int, run_dir: str, limits: Limits, captures: dict[int, Capture], results: Capture,
             started: float) -> str | None:
     """Read the run's pipes until it exits or breaks a limit; returns the kill reason if any."""
     poller = select.poll()
@@ -433,8 +440,9 @@ def collect(child: int, run_dir: str, limits: Limits, captures: dict[int, Captur
         pidfd = -1
     deadline = started + float(limits.wall_seconds)
     disk_cap = int(limits.disk_kb) * 1024
-    # Past 16x the cap we stop draining and kill: reading a gigabyte only to discard it is waste.
-    output_ceiling = 16 * int(limits.output_kb) * 1024 + 1024 * 1024
+    # Output beyond the cap is read and discarded (the run still gets graded); only a flood far
+    # beyond any plausible program output is stopped, to spare the CPU spent discarding it.
+    output_ceiling = max(256 * 1024 * 1024, 64 * int(limits.output_kb) * 1024)
     next_disk = time.monotonic() + 0.1
     try:
         while True:
@@ -452,9 +460,9 @@ def collect(child: int, run_dir: str, limits: Limits, captures: dict[int, Captur
                     captures[fd].add(data)
                 else:
                     poller.unregister(fd)
-            if sum(c.seen for c in captures.values() if c.cap != RESULTS_CAP) > output_ceiling:
+            if sum(c.seen for c in captures.values() if c is not results) > output_ceiling:
                 return "output"
-            if any(c.seen > RESULTS_CAP for c in captures.values()):
+            if results.seen > RESULTS_CAP:
                 return "results_too_large"
             if pidfd < 0 and os.waitid(os.P_PID, child, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
                 return None
@@ -558,13 +566,13 @@ def preload(names: list[str]) -> list[str]:
 
 
 def detect_features(cfg: ZygoteConfig) -> dict[str, Any]:
-    cfg.landlock_abi = landlock.abi_version()
+    cfg.landlock_abi = 0 if "landlock" in cfg.disable else landlock.abi_version()
     if cfg.landlock_abi > 0:
         cfg.landlock_rules = landlock.open_rules(
             cfg.landlock_abi, cfg.paths.read_dirs, cfg.paths.read_files, cfg.paths.rw_files
         )
     cfg.seccomp_filter = None
-    if seccomp.available():
+    if seccomp.available() and "seccomp" not in cfg.disable:
         try:
             cfg.seccomp_filter = seccomp.compile_filter(cfg.protected_pids)
         except (OSError, RuntimeError, ValueError):
@@ -624,11 +632,20 @@ def serve(cfg: ZygoteConfig, ctl: socket.socket) -> None:
                         os._exit(code)
                 os.close(fd)
                 supervisors.add(pid)
-        reap(supervisors)
+        exits = reap()
         if time.monotonic() - last_sweep >= 1.0:
             # Processes re-parented to us are leftovers of a supervisor that died abnormally.
-            kill_descendants(spare=frozenset(supervisors), rounds=5)
+            kill_descendants(spare=frozenset(supervisors), rounds=5, reaped=exits)
             last_sweep = time.monotonic()
+        for pid, status in exits:
+            if pid not in supervisors:
+                continue
+            supervisors.discard(pid)
+            if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+                # A supervisor that did not finish normally left its run directory behind.
+                for name in os.listdir(cfg.scratch):
+                    if name.startswith(f"run-{pid}-"):
+                        remove_tree(os.path.join(cfg.scratch, name))
     # Shutdown: the supervisors and everything below them go with us.
     kill_descendants(rounds=100)
 
@@ -655,6 +672,7 @@ def main(argv: list[str] | None = None) -> None:
         preload=list(args.get("preload") or []),
         require_seccomp=bool(args.get("require_seccomp")),
         require_landlock=bool(args.get("require_landlock")),
+        disable=tuple(args.get("disable") or ()),
     )
     ctl = socket.socket(fileno=cfg.ctl_fd)
     # Prefer our processes when the container runs out of memory: student runs inherit this.

@@ -1,0 +1,5 @@
+import random
+
+
+def pick_winner(players):
+    return random.choice(players)

@@ -1,0 +1,267 @@
+"""Grader configuration: one typed object read from environment variables and an optional YAML file.
+
+Precedence: built-in defaults < YAML file (``XQGRADER_CONFIG_FILE``) < environment variables.
+The environment variables are the contract in docs/contracts.md; the YAML file accepts the same
+settings (lower-case names without the ``XQGRADER_`` prefix, limits under ``limits:``) plus a few
+advanced ones that have no variable (handlers, polling rhythm, sandbox options).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import yaml
+
+from xqueue_grader.sandbox.limits import Limits
+
+ENV_PREFIX = "XQGRADER_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the setting, never its value."""
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    """A course-supplied handler, as in xqueue-watcher's ``HANDLERS`` list."""
+
+    path: str  # "package.module.attr" or "package.module:attr"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GraderConfig:
+    queue: str
+    server_url: str = "http://127.0.0.1:18040"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    grader_root: str = "/grader/course"
+    slots: int = 2
+    http_port: int = 8080
+    drain_seconds: float = 60.0
+    limits: Limits = field(default_factory=Limits)
+    # -- YAML-only settings --------------------------------------------------------------------
+    http_host: str = "0.0.0.0"
+    # Long-poll wait sent to servers that support it; 0 disables long-polling.
+    long_poll_seconds: float = 20.0
+    # Classic polling rhythm: immediately again after work, otherwise sleep from min to max.
+    poll_min_seconds: float = 0.5
+    poll_max_seconds: float = 4.0
+    login_retry_seconds: float = 5.0
+    requests_timeout: float = 10.0
+    http_basic_auth: tuple[str, str] | None = field(default=None, repr=False)
+    verify_tls: bool = True
+    put_result_attempts: int = 3
+    submission_size_limit_kb: int = 1024
+    handlers: tuple[HandlerSpec, ...] = ()
+    sandbox_uid: int = 65534
+    scratch_dir: str | None = None
+    preload_modules: tuple[str, ...] = ()
+    require_seccomp: bool = False
+    require_landlock: bool = False
+    log_level: str = "INFO"
+
+    def public_summary(self) -> dict[str, Any]:
+        """Settings safe to log (no password, no basic-auth credentials)."""
+        return {
+            "queue": self.queue,
+            "server_url": self.server_url,
+            "username": self.username,
+            "grader_root": self.grader_root,
+            "slots": self.slots,
+            "http_port": self.http_port,
+            "drain_seconds": self.drain_seconds,
+            "limits": self.limits.to_dict(),
+            "long_poll_seconds": self.long_poll_seconds,
+            "handlers": [h.path for h in self.handlers],
+        }
+
+
+# variable suffix -> (field name, parser)
+_ENV_FIELDS: dict[str, tuple[str, str]] = {
+    "SERVER_URL": ("server_url", "str"),
+    "QUEUE": ("queue", "str"),
+    "USERNAME": ("username", "str"),
+    "PASSWORD": ("password", "str"),
+    "GRADER_ROOT": ("grader_root", "str"),
+    "SLOTS": ("slots", "int"),
+    "HTTP_PORT": ("http_port", "int"),
+    "DRAIN_SECONDS": ("drain_seconds", "float"),
+}
+_ENV_LIMITS: dict[str, tuple[str, str]] = {
+    "LIMIT_CPU_SECONDS": ("cpu_seconds", "float"),
+    "LIMIT_WALL_SECONDS": ("wall_seconds", "float"),
+    "LIMIT_MEMORY_MB": ("memory_mb", "int"),
+    "LIMIT_PROCESSES": ("processes", "int"),
+    "LIMIT_FILE_SIZE_KB": ("file_size_kb", "int"),
+    "LIMIT_OUTPUT_KB": ("output_kb", "int"),
+    "LIMIT_OPEN_FILES": ("open_files", "int"),
+}
+_FILE_SCALARS: dict[str, str] = {
+    "server_url": "str", "queue": "str", "username": "str", "password": "str",
+    "grader_root": "str", "slots": "int", "http_port": "int", "drain_seconds": "float",
+    "http_host": "str", "long_poll_seconds": "float", "poll_min_seconds": "float",
+    "poll_max_seconds": "float", "login_retry_seconds": "float", "requests_timeout": "float",
+    "verify_tls": "bool", "put_result_attempts": "int", "submission_size_limit_kb": "int",
+    "sandbox_uid": "int", "scratch_dir": "str", "require_seccomp": "bool",
+    "require_landlock": "bool", "log_level": "str",
+}
+_LIMIT_FIELDS = {
+    "cpu_seconds": "float", "wall_seconds": "float", "memory_mb": "int", "processes": "int",
+    "file_size_kb": "int", "output_kb": "int", "open_files": "int", "disk_kb": "int",
+}
+
+
+def _parse(kind: str, name: str, value: Any) -> Any:
+    try:
+        if kind == "str":
+            if value is None:
+                return None
+            return str(value)
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            return int(str(value).strip())
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(str(value).strip())
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be {'a number' if kind != 'bool' else 'true or false'}") from None
+    raise ConfigError(f"{name}: unknown kind {kind}")
+
+
+def _handler_specs(raw: Any) -> tuple[HandlerSpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError("handlers must be a list")
+    specs = []
+    for item in raw:
+        if isinstance(item, str):
+            specs.append(HandlerSpec(item))
+            continue
+        if not isinstance(item, dict):
+            raise ConfigError("each handler must be a string or a mapping")
+        # Accept xqueue-watcher's spelling (HANDLER/KWARGS) so existing conf.d entries port over.
+        path = item.get("handler", item.get("HANDLER"))
+        kwargs = item.get("kwargs", item.get("KWARGS")) or {}
+        if not isinstance(path, str) or not path:
+            raise ConfigError("a handler entry needs 'handler'")
+        if not isinstance(kwargs, dict):
+            raise ConfigError("handler kwargs must be a mapping")
+        specs.append(HandlerSpec(path, dict(kwargs)))
+    return tuple(specs)
+
+
+def config_from_sources(env: Mapping[str, str], file_data: Mapping[str, Any] | None = None,
+                        password_file_text: str | None = None) -> GraderConfig:
+    """Build the configuration from already-read sources (pure; the I/O lives in ``load_config``)."""
+    values: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    data = dict(file_data or {})
+    for key, kind in _FILE_SCALARS.items():
+        if key in data and data[key] is not None:
+            values[key] = _parse(kind, key, data[key])
+    raw_limits = data.get("limits") or {}
+    if not isinstance(raw_limits, dict):
+        raise ConfigError("limits must be a mapping")
+    for key, value in raw_limits.items():
+        if key not in _LIMIT_FIELDS:
+            raise ConfigError(f"unknown limit {key}")
+        limits[key] = _parse(_LIMIT_FIELDS[key], f"limits.{key}", value)
+    if "handlers" in data:
+        values["handlers"] = _handler_specs(data["handlers"])
+    if "preload_modules" in data:
+        modules = data["preload_modules"] or []
+        if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+            raise ConfigError("preload_modules must be a list of module names")
+        values["preload_modules"] = tuple(modules)
+    if "http_basic_auth" in data and data["http_basic_auth"] is not None:
+        auth = data["http_basic_auth"]
+        if isinstance(auth, str) and ":" in auth:
+            auth = auth.split(":", 1)
+        if not (isinstance(auth, list | tuple) and len(auth) == 2):
+            raise ConfigError("http_basic_auth must be [user, password] or 'user:password'")
+        values["http_basic_auth"] = (str(auth[0]), str(auth[1]))
+    if password_file_text is not None:
+        values["password"] = password_file_text.rstrip("\r\n")
+    for suffix, (name, kind) in _ENV_FIELDS.items():
+        raw = env.get(ENV_PREFIX + suffix)
+        if raw is not None and raw != "":
+            values[name] = _parse(kind, ENV_PREFIX + suffix, raw)
+    for suffix, (name, kind) in _ENV_LIMITS.items():
+        raw = env.get(ENV_PREFIX + suffix)
+        if raw is not None and raw != "":
+            limits[name] = _parse(kind, ENV_PREFIX + suffix, raw)
+    queue = values.pop("queue", None)
+    if not queue:
+        raise ConfigError(f"{ENV_PREFIX}QUEUE is required")
+    config = GraderConfig(queue=queue, **values)
+    config = replace(config, limits=replace(config.limits, **limits))
+    problems = validate(config)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return config
+
+
+def validate(config: GraderConfig) -> list[str]:
+    problems = list(config.limits.validate())
+    if config.slots < 1:
+        problems.append("slots must be at least 1")
+    if not 0 <= config.http_port <= 65535:
+        problems.append("http_port must be a TCP port (0 picks a free one)")
+    if not config.server_url.startswith(("http://", "https://")):
+        problems.append("server_url must start with http:// or https://")
+    if config.server_url.endswith("/"):
+        problems.append("server_url must not end with '/'")
+    if config.drain_seconds < 0:
+        problems.append("drain_seconds must not be negative")
+    if config.poll_min_seconds <= 0 or config.poll_max_seconds < config.poll_min_seconds:
+        problems.append("poll_min_seconds must be > 0 and <= poll_max_seconds")
+    if config.long_poll_seconds < 0:
+        problems.append("long_poll_seconds must not be negative")
+    if config.put_result_attempts < 1:
+        problems.append("put_result_attempts must be at least 1")
+    if config.submission_size_limit_kb < 1:
+        problems.append("submission_size_limit_kb must be at least 1")
+    return problems
+
+
+def load_config(env: Mapping[str, str] | None = None) -> GraderConfig:
+    """Read the YAML file and password file named by the environment, then build the config."""
+    env = os.environ if env is None else env
+    file_data: dict[str, Any] | None = None
+    path = env.get(ENV_PREFIX + "CONFIG_FILE")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                loaded = yaml.safe_load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {ENV_PREFIX}CONFIG_FILE: {exc.strerror}") from None
+        except yaml.YAMLError:
+            raise ConfigError(f"{ENV_PREFIX}CONFIG_FILE is not valid YAML") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{ENV_PREFIX}CONFIG_FILE must hold a mapping")
+        file_data = loaded or {}
+    password_text = None
+    password_file = env.get(ENV_PREFIX + "PASSWORD_FILE") or (file_data or {}).get("password_file")
+    if password_file:
+        try:
+            with open(str(password_file), encoding="utf-8") as fh:
+                password_text = fh.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the password file: {exc.strerror}") from None
+    return config_from_sources(env, file_data, password_text)

@@ -1,0 +1,148 @@
+"""End to end: real XQueue server + real control plane + the operator scaling on real queue lengths.
+
+The XQueue server runs on 127.0.0.1 with its own PostgreSQL database (tests/conftest.py); the
+operator reads `GET /api/v1/queues` from it and scales a Deployment whose pods kwok makes Ready.
+The test itself plays the LMS (submit) and the graders (pull, put_result): grader pods under kwok
+never run, and nothing may dial their 10.x addresses.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from coursegrader_operator import constants as C
+
+from tests.cluster.controlplane import ControlPlane
+from tests.cluster.test_operator_harness import (  # noqa: F401 - the *_fixture names are fixtures
+    Rest,
+    condition,
+    coursegrader_crd_fixture,
+    coursegrader_manifest,
+    is_ready,
+    operator_env_fixture,
+    rest_fixture,
+    running_operator,
+    wait_for,
+)
+from tests.integration.clients import GRADE, GraderClient, LMSClient
+from xqueue_server.testing import FakeLMS, ServerThread
+
+pytestmark = [pytest.mark.kwok, pytest.mark.slow, pytest.mark.timeout(300)]
+
+REACTION_TARGET = 5.0  # anchors.md §6.5 A1 target: burst -> scale decision issued within 5 s
+DOWN_WINDOW = 6
+
+
+def deployment_replicas(rest: Rest, ns: str, name: str) -> int:
+    return int(((rest.get("Deployment", ns, name) or {}).get("spec") or {}).get("replicas") or 0)
+
+
+def secret_data(rest: Rest, ns: str, name: str) -> dict[str, str]:
+    secret = rest.get("Secret", ns, name) or {}
+    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+
+def test_burst_scales_up_in_seconds_and_down_after_the_window(
+        kube: ControlPlane, kube_namespace: str, coursegrader_crd: str, rest: Rest,
+        operator_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+        xqueue_factory: Callable[..., ServerThread], fake_lms: FakeLMS) -> None:
+    ns = kube_namespace
+    server = xqueue_factory(lease_seconds=120)
+    monkeypatch.setenv("XQOP_ADMIN_USERNAME", server.admin.username)
+    monkeypatch.setenv("XQOP_ADMIN_PASSWORD", server.admin.password)
+    queue = f"course-{uuid.uuid4().hex[:8]}"
+    cg_name = "burst"
+    deployment = f"{cg_name}-grader"
+
+    with running_operator(ns) as runner:
+        # provision: the operator creates the queue and a grader account on the real server.
+        rest.create(C.KIND, ns, coursegrader_manifest(
+            cg_name, queue=queue, url=server.url, secret=None, slots=2,
+            scaling={"minReplicas": 1, "maxReplicas": 6, "scaleDownWindowSeconds": DOWN_WINDOW}))
+        cg = wait_for(lambda: (c := rest.get(C.KIND, ns, cg_name)) and is_ready(c)
+                      and condition(c, C.COND_SCALING_ACTIVE).get("status") == "True" and c,
+                      timeout=60, what="CourseGrader Ready with live queue metrics")
+        assert condition(cg, C.COND_PROVISIONED)["reason"] == "Provisioned"
+        creds = secret_data(rest, ns, f"{cg_name}-grader-credentials")
+        assert creds["username"] == f"cg-{ns}-{cg_name}" and len(creds["password"]) >= 32
+        assert cg["status"]["queueLength"] == 0 and deployment_replicas(rest, ns, deployment) == 1
+
+        # The provisioned account really works, and only for its own queue.
+        grader = GraderClient(server, creds["username"], creds["password"])
+        assert grader.pull(queue) is None
+
+        # Burst: 20 submissions -> ceil(20 / 2 slots) = 10 pods, capped at maxReplicas 6.
+        lms = LMSClient(server)
+        for i in range(20):
+            _, (code, _) = lms.submit(queue, fake_lms.callback_url(f"k{i}"), {"student_response": str(i)})
+            assert code == 0
+        submitted = time.monotonic()
+        wait_for(lambda: deployment_replicas(rest, ns, deployment) == 6, timeout=REACTION_TARGET + 5,
+                 interval=0.05, what="scale-up to maxReplicas")
+        reaction = time.monotonic() - submitted
+        print(f"scale-up reaction: {reaction:.2f}s")
+        assert reaction < REACTION_TARGET
+        cg = wait_for(lambda: (c := rest.get(C.KIND, ns, cg_name)) and c["status"].get("ready") == "6/6"
+                      and c["status"].get("queueLength") == 20 and c, timeout=30,
+                      what="6/6 graders Ready (kwok) and the queue length in status")
+        assert condition(cg, C.COND_SCALING_LIMITED)["status"] == "True"
+        row = kube.kubectl("get", "cg", cg_name, "-n", ns, "--no-headers").stdout.split()
+        assert row[1:4] == [queue, "6/6", "20"], row
+
+        # In-flight work keeps graders: pull everything (queue 0, 20 in flight) -> still 6.
+        pulled = [grader.pull(queue) for _ in range(20)]
+        assert all(pulled)
+        wait_for(lambda: (c := rest.get(C.KIND, ns, cg_name)) and c["status"].get("queueLength") == 0
+                 and c["status"].get("inFlight") == 20, timeout=15, what="queue 0 / in flight 20")
+        assert deployment_replicas(rest, ns, deployment) == 6
+
+        # Results in: nothing outstanding. Scale-down waits for the window, then goes to minReplicas.
+        for sub in pulled:
+            assert sub is not None
+            reply = grader.put_result(sub["xqueue_header"], GRADE)
+            assert reply["return_code"] == 0, reply
+        drained = time.monotonic()
+        fake_lms.wait_for(lambda cbs: len(cbs) >= 20, timeout=30)
+        wait_for(lambda: deployment_replicas(rest, ns, deployment) == 1, timeout=DOWN_WINDOW + 10,
+                 interval=0.1, what="scale-down after the window")
+        held = time.monotonic() - drained
+        print(f"scale-down {held:.1f}s after the queue drained (window {DOWN_WINDOW}s)")
+        assert held >= DOWN_WINDOW - 1.5  # the window (minus one scale tick of measurement slack)
+        events = rest.events(ns, cg_name)
+        reasons = [e["reason"] for e in events]
+        assert "ScaledUp" in reasons and "Provisioned" in reasons
+        # No flapping: the burst may scale up in steps while it arrives, then exactly one scale-down,
+        # and nothing went up again after it.
+        assert reasons.count("ScaledDown") == 1, reasons
+        down = next(e["lastTimestamp"] for e in events if e["reason"] == "ScaledDown")
+        assert all(e["lastTimestamp"] <= down for e in events if e["reason"] == "ScaledUp")
+    assert "ScaledUp" in runner.output
+
+
+def test_operator_uses_a_given_grader_secret_and_reads_lengths_with_it(
+        kube_namespace: str, coursegrader_crd: str, rest: Rest, operator_env: dict[str, str],
+        xqueue_factory: Callable[..., ServerThread]) -> None:
+    """Without admin credentials the operator reads the length as the course's grader account."""
+    ns = kube_namespace
+    queue = f"course-{uuid.uuid4().hex[:8]}"
+    server = xqueue_factory(queues=(queue,))
+    rest.create("Secret", ns, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "grader-login"},
+                               "stringData": {"username": server.grader.username,
+                                              "password": server.grader.password}})
+    with running_operator(ns):
+        rest.create(C.KIND, ns, coursegrader_manifest("given", queue=queue, url=server.url, slots=1,
+                                                      scaling={"maxReplicas": 3}))
+        lms = LMSClient(server)
+        for i in range(2):
+            lms.submit(queue, f"http://127.0.0.1:9/cb/{i}", json.dumps({"n": i}))  # distinct: latest wins
+        cg: dict[str, Any] = wait_for(
+            lambda: (c := rest.get(C.KIND, ns, "given")) and c.get("status", {}).get("queueLength") == 2 and c,
+            timeout=30, what="queue length read with the grader's own account")
+        assert condition(cg, C.COND_SCALING_ACTIVE)["status"] == "True"
+        wait_for(lambda: deployment_replicas(rest, ns, "given-grader") == 2, timeout=10, what="scale to 2")

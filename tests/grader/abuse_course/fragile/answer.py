@@ -1,0 +1,2 @@
+def attempt():
+    return 42

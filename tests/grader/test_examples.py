@@ -1,0 +1,152 @@
+"""The example course graded end to end through the real sandbox (staff run, student run, comparison)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from xqueue_grader import results as R
+from xqueue_grader.engine import GradingEngine
+
+from .conftest import EXAMPLES, grade
+
+PROBLEMS = {
+    "square": "square/grade_square.py",
+    "hello": "hello/grade_hello.py",
+    "queue_class": "queue_class/grade_queue.py",
+    "dice": "dice/grade_dice.py",
+    "average": "average/grade_average.py",
+}
+
+
+@pytest.mark.parametrize("problem", sorted(PROBLEMS))
+async def test_staff_answer_gets_full_score(engine: GradingEngine, problem: str) -> None:
+    answer = (Path(EXAMPLES) / problem / "answer.py").read_text()
+    result = await grade(engine, PROBLEMS[problem], answer)
+    assert result.errors == []
+    assert (result.correct, result.score) == (True, 1.0)
+    assert result.tests and all(row[2] for row in result.tests)
+
+
+async def test_wrong_function_gets_partial_score(engine: GradingEngine) -> None:
+    result = await grade(engine, PROBLEMS["square"], "def square(x):\n    return x + x\n")
+    assert result.correct is False
+    assert result.score == pytest.approx(0.2)  # only square(0) agrees
+    failing = [row for row in result.tests if not row[2]]
+    assert ("Test: square(3)", None, False, "9\n", "6\n") in failing
+    html = R.render_results(result)
+    assert 'class="result-output result-incorrect"' in html and "Correct output:" in html
+
+
+async def test_printing_problem_compares_printed_text(engine: GradingEngine) -> None:
+    good = 'name = globals().get("name", "World")\ngreeting = "Hello, " + name + "!"\nprint(greeting)\n'
+    assert (await grade(engine, PROBLEMS["hello"], good)).score == 1
+    rude = 'name = globals().get("name", "World")\ngreeting = "Hi " + name\nprint(greeting)\n'
+    result = await grade(engine, PROBLEMS["hello"], rude)
+    assert result.score == 0
+    assert result.tests[0][3:] == ("Hello, World!\n\n", "Hi World\n\n")
+
+
+async def test_input_checks_stop_before_running_anything(engine: GradingEngine) -> None:
+    result = await grade(engine, PROBLEMS["hello"], "import os\nos.system('id')\n")
+    assert result.errors == ['Your code must make use of the "print" keyword.', "Please do not import os here."]
+    assert result.tests == [] and result.score == 0
+    assert "    ERROR\n" in R.render_results(result)
+
+
+async def test_class_problem_with_end_test(engine: GradingEngine) -> None:
+    lenient = (
+        "class Queue:\n"
+        "    def __init__(self):\n        self.items = []\n"
+        "    def insert(self, item):\n        self.items.append(item)\n"
+        "    def remove(self):\n        return self.items.pop(0) if self.items else None\n"
+    )
+    result = await grade(engine, PROBLEMS["queue_class"], lenient)
+    assert result.score == pytest.approx(2 / 3)
+    (row,) = [r for r in result.tests if not r[2]]
+    assert row[0] == "Test: remove from empty"
+    assert row[4] == "*** Error: remove() on an empty queue should raise ValueError\n"
+
+
+async def test_class_problem_reports_missing_method(engine: GradingEngine) -> None:
+    result = await grade(engine, PROBLEMS["queue_class"], "class Queue:\n    def insert(self, x):\n        pass\n")
+    assert result.errors == ["The class named 'Queue' should define a method named remove."]
+
+
+async def test_random_problem_needs_the_same_random_calls(engine: GradingEngine) -> None:
+    same = "import random\n\ndef pick_winner(players):\n    return random.choice(players)\n"
+    assert (await grade(engine, PROBLEMS["dice"], same)).score == 1
+    # Correct-looking but uses the generator differently: outputs diverge from the staff run.
+    other = "import random\n\ndef pick_winner(players):\n    return sorted(players)[0]\n"
+    assert (await grade(engine, PROBLEMS["dice"], other)).score < 1
+
+
+async def test_custom_compare_runs_and_its_end_test_message_is_shown(engine: GradingEngine) -> None:
+    close = ("def average(numbers):\n    t = 0\n    for n in numbers:\n        t += n\n"
+             "    return t / len(numbers) + 1e-9\n")
+    assert (await grade(engine, PROBLEMS["average"], close)).score == 1
+    text = "def average(numbers):\n    for n in numbers:\n        pass\n    return 'many'\n"
+    result = await grade(engine, PROBLEMS["average"], text)
+    assert result.score == 0
+    assert result.errors == []
+    assert all(row[4].endswith("\n*** ERROR: your function should return a number ***") for row in result.tests)
+
+
+async def test_prohibited_keyword_in_average(engine: GradingEngine) -> None:
+    code = "def average(n):\n    for x in n: pass\n    return sum(n)/len(n)\n"
+    result = await grade(engine, PROBLEMS["average"], code)
+    assert result.errors == ["Please compute the total with a loop, not sum()."]
+
+
+async def test_hide_output_keeps_score_but_hides_rows(engine: GradingEngine) -> None:
+    result = await grade(engine, PROBLEMS["square"], "def square(x):\n    return x + x\n", hide_output=True)
+    assert result.score == pytest.approx(0.2) and result.tests == []
+
+
+async def test_skip_grader_gives_full_score_without_running(engine: GradingEngine) -> None:
+    result = await grade(engine, "does/not/exist.py", "garbage(", skip_grader=True)
+    assert (result.correct, result.score, result.errors) == (True, 1, [])
+
+
+async def test_student_exception_is_shown_with_only_student_frames(engine: GradingEngine) -> None:
+    result = await grade(engine, PROBLEMS["square"], "def square(x):\n    return x * x\n\nraise ValueError('oops')\n")
+    (error,) = result.errors
+    assert error.startswith("Traceback (most recent call last):")
+    assert 'File "submission.py", line 4, in <module>' in error
+    assert "ValueError: oops" in error
+    assert "harness" not in error and "xqueue_grader" not in error
+
+
+async def test_syntax_error_is_reported(engine: GradingEngine) -> None:
+    result = await grade(engine, PROBLEMS["square"], "def square(x)\n    return x\n")
+    assert len(result.errors) == 1 and "SyntaxError" in result.errors[0]
+
+
+async def test_exception_inside_a_test_is_that_tests_output(engine: GradingEngine) -> None:
+    code = "def square(x):\n    if x < 0:\n        raise RuntimeError('negative')\n    return x * x\n"
+    result = await grade(engine, PROBLEMS["square"], code)
+    assert result.score == pytest.approx(0.8)
+    (row,) = [r for r in result.tests if not r[2]]
+    assert "RuntimeError: negative" in row[4] and 'File "submission.py", line 3, in square' in row[4]
+
+
+@pytest.mark.parametrize(("grader", "message"), [
+    ("../outside/grade.py", R.PAYLOAD_PROBLEM),
+    ("/etc/passwd.py", R.PAYLOAD_PROBLEM),
+    (None, R.PAYLOAD_PROBLEM),
+    ("square/missing.py", R.STAFF_PROBLEM),
+])
+async def test_bad_grader_paths_answer_with_a_message(engine: GradingEngine, grader: str | None, message: str) -> None:
+    result = await grade(engine, grader, "x = 1")
+    assert result.errors == [message]
+
+
+async def test_unparseable_body_and_payload(engine: GradingEngine) -> None:
+    assert (await engine.grade_body("not json")).errors == [R.PAYLOAD_PROBLEM]
+    bad_payload = '{"grader_payload": "{oops", "student_response": ""}'
+    assert (await engine.grade_body(bad_payload)).errors == [R.PAYLOAD_PROBLEM]
+
+
+async def test_submission_size_limit(engine: GradingEngine) -> None:
+    result = await grade(engine, PROBLEMS["square"], "#" * (1024 * 1024 + 1))
+    assert result.errors == ["Your submission is too large to be graded (limit: 1024 KiB)."]
