@@ -134,6 +134,9 @@ async def _lifecycle(app: web.Application, settings: Settings) -> AsyncIterator[
         log.info("xqueue server ready", extra={"fields": {"storage": settings.storage}})
         yield
         waiters.stop()
+        deliverer.stop()
+        # Let the outbox finish what it claimed (bounded by the callback timeout) before cancelling.
+        await asyncio.wait([tasks[1]], timeout=settings.callback_timeout_seconds + 2)
     finally:
         for task in tasks:
             task.cancel()

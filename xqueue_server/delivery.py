@@ -49,6 +49,12 @@ class CallbackDeliverer:
         self._slots = asyncio.Semaphore(settings.callback_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Finish the current claim and in-flight attempts, then return from ``run``."""
+        self._stopping = True
+        self.wakeup.set()
 
     def notify(self, _payload: str = "") -> None:
         self.wakeup.set()
@@ -64,8 +70,10 @@ class CallbackDeliverer:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout, auth=auth) as session:
             self._session = session
             try:
-                while True:
+                while not self._stopping:
                     await self._run_once()
+                if self._tasks:
+                    await asyncio.wait(self._tasks, timeout=self.settings.callback_timeout_seconds)
             finally:
                 for task in list(self._tasks):
                     task.cancel()
@@ -79,7 +87,7 @@ class CallbackDeliverer:
         if free > 0:
             try:
                 # Invisible long enough for one attempt to finish; a crashed worker's row comes back after.
-                due = await self.db.claim_due_callbacks(free, self.settings.callback_timeout_seconds + 30)
+                due = await self.db.claim_due_callbacks(free, self.settings.callback_timeout_seconds + 5)
             except (TimeoutError, OSError) as exc:
                 log.warning("outbox claim failed", extra={"fields": {"error": str(exc)}})
             except Exception as exc:  # database restarts must not kill the worker
@@ -88,7 +96,7 @@ class CallbackDeliverer:
             task = asyncio.create_task(self._deliver(callback))
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
-        if len(due) == free and free > 0:
+        if (len(due) == free and free > 0) or self._stopping:
             return  # there may be more due right now
         try:
             await asyncio.wait_for(self.wakeup.wait(), timeout=1.0)

@@ -262,7 +262,6 @@ class GraderDaemon:
         now = time.monotonic()
         wait = self.long_poll.wait(now)
         outcome = await self.client.get_submission(wait)
-        self.metrics.long_poll.set(1 if (wait and self.long_poll.confirmed) else 0)
         self._update_ready()
         if outcome.ok:
             self.metrics.pulls.labels("submission").inc()
@@ -270,9 +269,10 @@ class GraderDaemon:
             return "work", outcome.content
         if outcome.kind == "rejected" and is_empty_queue(outcome.content):
             self.metrics.pulls.labels("empty").inc()
-            if self.long_poll.record_empty(wait, outcome.elapsed, time.monotonic()):
-                return "again", None
-            return "empty", None
+            again = self.long_poll.record_empty(wait, outcome.elapsed, time.monotonic())
+            # 1 while requests are held by the server, 0 after falling back to polling.
+            self.metrics.long_poll.set(1 if self.long_poll.wait(time.monotonic()) else 0)
+            return ("again", None) if again else ("empty", None)
         if outcome.kind == "timeout" and wait:
             # A long-poll that outlived our timeout: nothing arrived; ask again.
             self.metrics.pulls.labels("empty").inc()

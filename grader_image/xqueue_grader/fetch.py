@@ -130,8 +130,11 @@ def checkout(settings: FetchSettings, target: str, env: dict[str, str]) -> str:
     return _git(["rev-parse", "HEAD"], cwd=target, env=env).strip()
 
 
-def fetch_course(settings: FetchSettings) -> dict[str, str]:
-    """Fetch (with bounded retries) and swap the course into place; returns what was installed."""
+def fetch_course(settings: FetchSettings, backoff_seconds: float = 2.0) -> dict[str, str]:
+    """Fetch (with bounded retries) and swap the course into place; returns what was installed.
+
+    Attempt n waits ``backoff_seconds * 2**(n-1)`` (at most 10 s) before the next one.
+    """
     root = os.path.abspath(settings.grader_root)
     parent = os.path.dirname(root)
     last_error: Exception | None = None
@@ -164,7 +167,7 @@ def fetch_course(settings: FetchSettings) -> dict[str, str]:
             last_error = exc
             log.warning("course fetch failed", extra={"fields": {"attempt": attempt, "error": str(exc)}})
             if attempt < ATTEMPTS:
-                time.sleep(min(10, 2 ** attempt))
+                time.sleep(min(10.0, backoff_seconds * 2 ** (attempt - 1)))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     raise FetchError(f"could not fetch the course after {ATTEMPTS} attempts: {last_error}")

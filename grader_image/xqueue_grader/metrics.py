@@ -43,7 +43,8 @@ class Metrics:
         )
         self.slots = Gauge("xqgrader_slots", "Configured grading slots", registry=r)
         self.slots_busy = Gauge("xqgrader_slots_busy", "Slots grading right now", registry=r)
-        self.long_poll = Gauge("xqgrader_long_poll", "1 while the server's long-poll is in use", registry=r)
+        self.long_poll = Gauge("xqgrader_long_poll", "1 while the server's long-poll is in use "
+                               "(0 when disabled or after falling back to polling)", registry=r)
         self.ready = Gauge("xqgrader_ready", "1 when logged in, sandbox up and not draining", registry=r)
 
     def record_features(self, features: dict[str, object]) -> None:

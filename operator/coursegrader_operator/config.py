@@ -11,7 +11,7 @@
 | `XQOP_SCALE_INTERVAL` | seconds between queue-length reads | 2 |
 | `XQOP_RESYNC_INTERVAL` | seconds between full re-applies of every CourseGrader (drift backstop) | 300 |
 | `XQOP_STATUS_MIN_INTERVAL` | min seconds between status writes that only change queue figures | 5 |
-| `XQOP_WORKERS` | concurrent reconciles | 8 |
+| `XQOP_WORKERS` | concurrent reconciles | 16 |
 | `XQOP_METRICS_CONCURRENCY` | concurrent queue-length requests | 32 |
 | `XQOP_XQUEUE_TIMEOUT` | seconds per XQueue API request | 3 |
 | `XQOP_REQUEST_TIMEOUT` | seconds per Kubernetes API request | 30 |
@@ -72,7 +72,7 @@ class OperatorConfig:
     scale_interval: float = 2.0
     resync_interval: float = 300.0
     status_min_interval: float = 5.0
-    workers: int = 8
+    workers: int = 16
     metrics_concurrency: int = 32
     xqueue_timeout: float = 3.0
     request_timeout: float = 30.0

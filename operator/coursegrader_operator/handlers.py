@@ -91,9 +91,13 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.probe(id="coursegraders")
-def probe(memo: kopf.Memo, **_: Any) -> int:
+def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    """Shown on the liveness endpoint (XQOP_LIVENESS): how much the operator manages and does."""
     runtime: Runtime | None = memo.get("runtime")
-    return len(runtime.graders) if runtime else 0
+    if runtime is None:
+        return {"managed": 0}
+    return {"managed": len(runtime.graders), "reconciles": runtime.reconciles,
+            "scale_ticks": runtime.scale_ticks, "idle": runtime.idle}
 
 
 @kopf.on.event(C.GROUP, C.VERSION, C.PLURAL)

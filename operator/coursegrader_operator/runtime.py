@@ -381,19 +381,7 @@ class Runtime:
                 self._forget(g.key)
                 return
         try:
-            g.provisioned, retry = await self._credentials(g, spec)
-            if g.desired_replicas is None:
-                existing = await self.kube.get("apps/v1", "Deployment", g.key[0],
-                                               ObjectNames.for_owner(g.key[1]).deployment)
-                g.deployment = _trim_deployment(existing)
-                current = existing.get("spec", {}).get("replicas") if existing else None
-                g.desired_replicas = initial_replicas(spec.scaling, current)
-                g.history.add(self._clock(), g.desired_replicas, keep=spec.scaling.scale_down_window)
-            elif not spec.scaling.enabled:
-                g.desired_replicas = clamp(spec.scaling.min_replicas, spec.scaling)
-            else:
-                g.desired_replicas = clamp(g.desired_replicas, spec.scaling)
-            await self._apply_all(g, spec, drift)
+            retry = await self._apply_all(g, spec, drift)
             g.reconcile_error = None
         except (ApiError, aiohttp.ClientError, TimeoutError) as e:
             g.reconcile_error = _describe(e)
@@ -405,20 +393,44 @@ class Runtime:
         if retry:
             self.enqueue(g.key, FULL, delay=5.0)
 
-    async def _apply_all(self, g: Grader, spec: CourseGraderSpec, drift: list[str]) -> None:
+    async def _current_replicas(self, g: Grader) -> int | None:
+        """The running Deployment's replicas, read once per operator lifetime (restart case)."""
+        existing = await self.kube.get("apps/v1", "Deployment", g.key[0],
+                                       ObjectNames.for_owner(g.key[1]).deployment)
+        g.deployment = _trim_deployment(existing)
+        return existing.get("spec", {}).get("replicas") if existing else None
+
+    async def _apply_all(self, g: Grader, spec: CourseGraderSpec, drift: list[str]) -> bool:
+        """Apply every object; returns whether credentials need another look soon.
+
+        Three round trips: (credentials check, first-time Deployment read, ServiceAccount, ConfigMap,
+        NetworkPolicy) together, then the Deployment, then status (in reconcile). The Deployment goes
+        last: its pods need the ServiceAccount (admission) and the ConfigMap (envFrom).
+        """
         owner = g.owner
-        objects = build_objects(owner, spec, g.desired_replicas or 0, self.config)
         started = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=2)
         # Watch events for our own writes can arrive while we await and update seen_rv; compare
         # with what was known before applying.
         known = dict(g.seen_rv)
-        deployment = objects.pop("Deployment")
-        # The ServiceAccount and ConfigMap go first: pods of a Deployment created before them would
-        # fail admission or start without their configuration.
-        results = await asyncio.gather(*(self.kube.apply(obj) for obj in objects.values()))
-        results.append(await self.kube.apply(deployment))
+        objects = build_objects(owner, spec, 0, self.config)
+        objects.pop("Deployment")
+        first_read = g.desired_replicas is None
+        gathered = await asyncio.gather(
+            self._credentials(g, spec),
+            self._current_replicas(g) if first_read else asyncio.sleep(0),
+            *(self.kube.apply(obj) for obj in objects.values()))
+        (g.provisioned, retry), current, *results = gathered
+        if first_read:
+            g.desired_replicas = initial_replicas(spec.scaling, current)
+            g.history.add(self._clock(), g.desired_replicas, keep=spec.scaling.scale_down_window)
+        elif not spec.scaling.enabled:
+            g.desired_replicas = clamp(spec.scaling.min_replicas, spec.scaling)
+        else:
+            g.desired_replicas = clamp(g.desired_replicas or 0, spec.scaling)
+        replicas = g.desired_replicas
+        results.append(await self.kube.apply(build_deployment(owner, spec, replicas)))
         g.deployment = _trim_deployment(results[-1])
-        g.applied_replicas = deployment["spec"]["replicas"]
+        g.applied_replicas = replicas
         changes: list[str] = []
         for obj in results:
             kind, meta = obj.get("kind", ""), obj.get("metadata", {})
@@ -431,8 +443,9 @@ class Runtime:
                 changes.append(f"created {kind} {meta.get('name')}")
             elif before is not None:
                 changes.append(f"updated {kind} {meta.get('name')}")
-        if not spec.network_policy.enabled:
+        if not spec.network_policy.enabled and ("NetworkPolicy" in known or first_read):
             name = ObjectNames.for_owner(owner.name).network_policy
+            g.seen_rv.pop("NetworkPolicy", None)
             if await self.kube.delete("networking.k8s.io/v1", "NetworkPolicy", owner.namespace, name):
                 changes.append(f"deleted NetworkPolicy {name} (spec.networkPolicy.enabled is false)")
         if drift and changes:
@@ -440,6 +453,7 @@ class Runtime:
                         warning=True)
         elif changes:
             self._event(g, "Applied", "; ".join(changes)[:800])
+        return retry
 
     async def _credentials(self, g: Grader, spec: CourseGraderSpec) -> tuple[Condition, bool]:
         """Check (or provision) the grader account; returns the Provisioned condition and whether to
