@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import tempfile
 import threading
 import time
@@ -136,7 +137,8 @@ class FakeLMS:
     ``status`` (or ``responder``) decides the HTTP status to answer, so tests can take the LMS down.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ssl_context = ssl_context
         self.callbacks: list[Callback] = []
         self.attempts = 0
         self.status = 200
@@ -173,10 +175,10 @@ class FakeLMS:
         # A short shutdown timeout: a test may leave a deliberately slow request hanging.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{port}"
 
     def callback_url(self, name: str) -> str:
         return f"{self.url}/courses/demo/xqueue/1/{name}/score_update"

@@ -360,6 +360,10 @@ class GraderDaemon:
         self.http_port = int(addresses[0][1]) if addresses else self.config.http_port
 
     async def _healthz(self, _request: web.Request) -> web.Response:
+        # Liveness fails only when the sandbox cannot be brought back: a restart may fix that,
+        # while anything else (server down, draining) is not a reason to kill the process.
+        if self.pool.broken:
+            return web.json_response({"status": "sandbox unavailable"}, status=503)
         return web.json_response({"status": "ok", "pid": os.getpid()})
 
     async def _readyz(self, _request: web.Request) -> web.Response:

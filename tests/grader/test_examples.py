@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from xqueue_grader import results as R
 from xqueue_grader.engine import GradingEngine
 
-from .conftest import EXAMPLES, grade
+from .conftest import EXAMPLES, TEST_LIMITS, grade
 
 PROBLEMS = {
     "square": "square/grade_square.py",
@@ -150,3 +151,50 @@ async def test_unparseable_body_and_payload(engine: GradingEngine) -> None:
 async def test_submission_size_limit(engine: GradingEngine) -> None:
     result = await grade(engine, PROBLEMS["square"], "#" * (1024 * 1024 + 1))
     assert result.errors == ["Your submission is too large to be graded (limit: 1024 KiB)."]
+
+
+def write_mo(path: Path, messages: dict[str, str]) -> None:
+    """A GNU gettext catalogue (the .mo format): header, two string tables, no hash table."""
+    import struct
+
+    keys = sorted(messages)
+    ids = b"".join(k.encode() + b"\0" for k in keys)
+    strs = b"".join(messages[k].encode() + b"\0" for k in keys)
+    count = len(keys)
+    start = 7 * 4 + 16 * count
+    offsets_ids, offsets_strs = [], []
+    position = 0
+    for key in keys:
+        offsets_ids.append((len(key.encode()), start + position))
+        position += len(key.encode()) + 1
+    position = 0
+    for key in keys:
+        offsets_strs.append((len(messages[key].encode()), start + len(ids) + position))
+        position += len(messages[key].encode()) + 1
+    header = struct.pack("<7I", 0x950412DE, 0, count, 7 * 4, 7 * 4 + 8 * count, 0, 0)
+    tables = b"".join(struct.pack("<2I", *o) for o in offsets_ids + offsets_strs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(header + tables + ids + strs)
+
+
+async def test_lang_selects_the_course_catalogue(sandbox_pool: Any, tmp_path: Path) -> None:
+    root = tmp_path / "course"
+    (root / "p").mkdir(parents=True)
+    (root / "p" / "grade_p.py").write_text(
+        "import gradelib\ngrader = gradelib.Grader()\n"
+        "grader.add_input_check(gradelib.required_substring('while'))\n"
+        "grader.add_test(gradelib.Test(lambda s: print(_('hello')), _('Test: greeting')))\n")
+    (root / "p" / "answer.py").write_text("while False:\n    pass\n")
+    write_mo(root / "conf" / "locale" / "fr" / "LC_MESSAGES" / "graders.mo", {
+        "": "Content-Type: text/plain; charset=UTF-8\n",
+        "Your code should contain '{0}'.": "Votre code doit contenir '{0}'.",
+        "Test: greeting": "Test : salutation",
+        "hello": "bonjour",
+    })
+    engine = GradingEngine(sandbox_pool, str(root), TEST_LIMITS)
+    refused = await grade(engine, "p/grade_p.py", "x = 1", lang="fr")
+    assert refused.errors == ["Votre code doit contenir 'while'."]
+    graded = await grade(engine, "p/grade_p.py", "while False:\n    pass\n", lang="fr")
+    assert graded.tests == [("Test : salutation", "", True, "bonjour\n", "bonjour\n")]
+    english = await grade(engine, "p/grade_p.py", "x = 1")
+    assert english.errors == ["Your code should contain 'while'."]

@@ -4,8 +4,12 @@ health, readiness and metrics."""
 from __future__ import annotations
 
 import json
+import re
+import ssl
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -137,3 +141,43 @@ def test_readiness_fails_when_the_database_is_gone(xqueue_factory: Any, postgres
     response = requests.get(f"{server.url}/readyz", timeout=15)
     assert response.status_code == 503
     assert requests.get(f"{server.url}/healthz", timeout=10).status_code == 200
+
+
+def self_signed_context(directory: Path) -> ssl.SSLContext:
+    cert, key = directory / "lms.crt", directory / "lms.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def test_callbacks_verify_the_lms_tls_certificate_by_default(xqueue_factory: Any, tmp_path: Path) -> None:
+    lms = FakeLMS(ssl_context=self_signed_context(tmp_path))
+    try:
+        verifying = xqueue_factory(callback_backoff_base_seconds=0.05, callback_backoff_max_seconds=0.2)
+        key, _ = LMSClient(verifying).submit("test-pull", lms.callback_url("tls"))
+        grader = GraderClient(verifying)
+        item = grader.pull("test-pull")
+        assert item is not None
+        grader.put_result(item["xqueue_header"], GRADE)
+        deadline, failures = time.monotonic() + 10, 0.0
+        while time.monotonic() < deadline and failures < 3:
+            text = requests.get(f"{verifying.url}/metrics", timeout=10).text
+            found = re.search(r'xqueue_callback_failures_total\{kind="grade"\} ([0-9.]+)', text)
+            failures = float(found.group(1)) if found else 0.0
+            time.sleep(0.1)
+        assert failures >= 3  # the certificate was refused, and the outbox keeps retrying
+        assert lms.callbacks == []
+        # An operator who knowingly runs the LMS with a private certificate can turn verification off.
+        trusting = xqueue_factory(callback_verify_tls=False)
+        key2, _ = LMSClient(trusting).submit("test-pull", lms.callback_url("tls2"))
+        grader2 = GraderClient(trusting)
+        item2 = grader2.pull("test-pull")
+        assert item2 is not None
+        grader2.put_result(item2["xqueue_header"], GRADE)
+        lms.wait_for(lambda cbs: any(c.xqueue_header["lms_key"] == key2 for c in cbs))
+        assert key not in {c.xqueue_header["lms_key"] for c in lms.callbacks}
+    finally:
+        lms.stop()

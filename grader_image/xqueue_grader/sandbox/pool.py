@@ -127,6 +127,15 @@ class SandboxPool:
         return not self._closed and self._proc is not None and self._proc.poll() is None
 
     @property
+    def broken(self) -> bool:
+        """Down and out of restarts for now: the process should be restarted from outside."""
+        if self.healthy or self._closed:
+            return False
+        now = time.monotonic()
+        recent = [t for t in self._restarts if now - t <= 60]
+        return len(recent) >= self.settings.max_restarts_per_minute
+
+    @property
     def zygote_pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
