@@ -189,7 +189,9 @@ def main() -> None:
                "XQUEUE_QUEUES": QUEUE, "XQUEUE_USERS_FILE": str(users), "XQUEUE_LOG_LEVEL": "WARNING",
                "XQUEUE_STORAGE_DIR": str(Path(data_dir) / "files")}
         for _ in range(args.workers):
-            servers.append(subprocess.Popen([sys.executable, "-m", "xqueue_server"], env=env, cwd=REPO))
+            # BENCH_SERVER_PREFIX="-m cProfile -o /tmp/server.prof" profiles the server process.
+            prefix = os.environ.get("BENCH_SERVER_PREFIX", "").split()
+            servers.append(subprocess.Popen([sys.executable, *prefix, "-m", "xqueue_server"], env=env, cwd=REPO))
         base = f"http://127.0.0.1:{port}"
         import urllib.request
 

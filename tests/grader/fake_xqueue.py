@@ -56,7 +56,8 @@ class FakeXQueue:
         app.router.add_route("*", "/xqueue/login/", self._login)
         app.router.add_get("/xqueue/get_submission/", self._get_submission)
         app.router.add_post("/xqueue/put_result/", self._put_result)
-        self._runner = web.AppRunner(app, access_log=None)
+        # Parked long-poll handlers must not hold up the test's teardown.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
