@@ -56,6 +56,7 @@ PostEvent = Callable[[Mapping[str, Any], str, str, str], None]  # body, type, re
 
 FULL, DEPLOYMENT, STATUS = 4, 2, 1
 MAX_ATTEMPTS = 10  # consecutive failures before a key waits for the next resync
+UNREACHABLE_BACKOFF = 5.0  # seconds a server that did not answer is skipped by other courses
 FIGURES = ("queueLength", "inFlight", "oldestQueuedAgeSeconds")
 
 
@@ -144,6 +145,9 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._admin = Auth(username=config.admin_username, password=config.admin_password,
                            token=config.admin_token)
+        # Servers that did not answer at all, until when: other courses on the same server skip
+        # their request for a few seconds instead of each waiting for the same connect error.
+        self._unreachable: dict[str, tuple[float, str]] = {}
         self.reconciles = 0  # counters for the liveness probe and the benchmark
         self.scale_ticks = 0
 
@@ -612,11 +616,18 @@ class Runtime:
             if g.creds is None:
                 out[g.key] = "no grader credentials yet"
                 return
+            url = self._dial_url(g.spec)
             async with sem:
+                down = self._unreachable.get(url)
+                if down is not None and down[0] > self._clock():
+                    out[g.key] = down[1]
+                    return
                 try:
-                    out[g.key] = await self.xq.queue_length(self._dial_url(g.spec), g.spec.queue, g.creds)
+                    out[g.key] = await self.xq.queue_length(url, g.spec.queue, g.creds)
                 except XQueueError as e:
                     out[g.key] = str(e)
+                    if e.unreachable:
+                        self._unreachable[url] = (self._clock() + UNREACHABLE_BACKOFF, str(e))
 
         await asyncio.gather(*(one(g) for g in graders))
         return out

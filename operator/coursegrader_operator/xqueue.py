@@ -21,6 +21,10 @@ from .scaling import QueueLoad
 class XQueueError(Exception):
     """The XQueue server could not be reached or answered with an error (message is safe to show)."""
 
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+
 
 @dataclass(frozen=True)
 class Auth:
@@ -89,7 +93,8 @@ class XQueueClient:
                 except ValueError as e:
                     raise XQueueError(f"{method} {_path(url)} did not return JSON") from e
         except (aiohttp.ClientError, TimeoutError) as e:
-            raise XQueueError(f"{method} {_path(url)} failed: {type(e).__name__}: {e}") from e
+            raise XQueueError(f"{method} {_path(url)} failed: {type(e).__name__}: {e}",
+                              unreachable=True) from e
 
     async def queue_length(self, base_url: str, queue: str, auth: Auth) -> QueueLoad:
         payload = await self._call("GET", f"{base_url}/api/v1/queues/{quote(queue, safe='')}/length", auth)

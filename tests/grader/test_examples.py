@@ -12,6 +12,7 @@ from xqueue_grader.engine import GradingEngine
 from .conftest import EXAMPLES, TEST_LIMITS, grade
 
 PROBLEMS = {
+    "hello_function": "hello_function/grade_hello_function.py",
     "square": "square/grade_square.py",
     "hello": "hello/grade_hello.py",
     "queue_class": "queue_class/grade_queue.py",
@@ -27,6 +28,15 @@ async def test_staff_answer_gets_full_score(engine: GradingEngine, problem: str)
     assert result.errors == []
     assert (result.correct, result.score) == (True, 1.0)
     assert result.tests and all(row[2] for row in result.tests)
+
+
+async def test_demo_problem_grades_the_demo_submissions(engine: GradingEngine) -> None:
+    correct = await grade(engine, PROBLEMS["hello_function"], "def hello(name):\n    return 'Hello, ' + name + '!'\n")
+    assert correct.score == 1
+    incorrect = await grade(engine, PROBLEMS["hello_function"], "def hello(name):\n    return 'Hi ' + name\n")
+    assert incorrect.score == 0 and not incorrect.errors
+    broken = await grade(engine, PROBLEMS["hello_function"], "def hello(name)\n    return name\n")
+    assert "SyntaxError" in broken.errors[0]
 
 
 async def test_wrong_function_gets_partial_score(engine: GradingEngine) -> None:
