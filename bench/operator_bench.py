@@ -68,6 +68,12 @@ def rss_mib(pid: int) -> tuple[float, float]:
     return fields["VmRSS"], fields["VmHWM"]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (how much of the 2 cores the operator itself used)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Api:
     """Minimal async client for the bench's own calls (admin client certificate from the plane)."""
 
@@ -225,7 +231,8 @@ async def submit_burst(server: ServerThread, queue: str, count: int) -> tuple[fl
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="operator-bench-"))
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                           "platform": platform.platform()}}
+                                           "platform": platform.platform(),
+                                           "load_average_at_start": os.getloadavg()[0]}}
     # Its own temp dir: LocalPostgres hands the directory to an unprivileged user when run as root.
     pg_dir = tempfile.mkdtemp(prefix="operator-bench-pg-")
     pg = LocalPostgres(pg_dir)
@@ -287,6 +294,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     created[name] = time.monotonic()
 
             t0 = time.monotonic()
+            cpu0 = cpu_seconds(proc.pid)
             await asyncio.gather(*(create(i) for i in range(n)))
             await wait_until(lambda: all(k in tracker.status and k in tracker.deployment for k in created),
                              120, "status for the latency batch")
@@ -299,6 +307,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "max_s": round(max(both), 3), "deployment_p50_s": round(percentile(dep, 50), 3),
                 "deployment_p99_s": round(percentile(dep, 99), 3), "status_p50_s": round(percentile(st, 50), 3),
                 "status_p99_s": round(percentile(st, 99), 3),
+                "operator_cpu_ms_per_object": round(1000 * (cpu_seconds(proc.pid) - cpu0) / n, 1),
             }
             print(f"1. create -> Deployment + status ({n} objects): p50 {results['create_to_ready']['p50_s']}s, "
                   f"p99 {results['create_to_ready']['p99_s']}s", flush=True)
@@ -335,6 +344,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
             # 3. memory while managing `total` CourseGraders
             start = time.monotonic()
+            cpu0 = cpu_seconds(proc.pid)
             rest = [i for i in range(n, total)]
 
             async def create_rest(i: int) -> None:
@@ -345,12 +355,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             managed = total + args.bursts
             await wait_until(lambda: len(tracker.status) >= managed, 900, f"status on {managed} CourseGraders")
             all_reconciled = time.monotonic() - start
-            await asyncio.sleep(args.settle)  # scale ticks over every CourseGrader, status writes settle
+            cpu_create = cpu_seconds(proc.pid) - cpu0
+            cpu0 = cpu_seconds(proc.pid)
+            await asyncio.sleep(args.settle)
+            steady_cpu = (cpu_seconds(proc.pid) - cpu0) / args.settle
             rss, peak = rss_mib(proc.pid)
             results["memory"] = {
                 "coursegraders": managed, "rss_mib": round(rss, 1), "peak_rss_mib": round(peak, 1),
                 "baseline_rss_mib": round(baseline_rss, 1),
                 "seconds_to_reconcile_new": round(all_reconciled, 1), "settle_seconds": args.settle,
+                "operator_cpu_ms_per_new_object": round(1000 * cpu_create / max(1, len(rest)), 1),
+                "steady_state_operator_cpu_percent": round(100 * steady_cpu, 1),
             }
             print(f"3. {managed} CourseGraders: RSS {rss:.0f} MiB (peak {peak:.0f} MiB, idle start "
                   f"{baseline_rss:.0f} MiB); {len(rest)} new ones reconciled in {all_reconciled:.1f}s", flush=True)
@@ -363,7 +378,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await wait_until(lambda: len(tracker.configmaps) >= managed, 900, "ConfigMaps restored")
             resync = time.monotonic() - start
             rss, peak = rss_mib(proc.pid)
+            cpu = cpu_seconds(proc.pid)
         results["restart_resync"] = {"coursegraders": managed, "seconds_to_restore_all": round(resync, 1),
+                                     "operator_cpu_seconds": round(cpu, 1),
                                      "rss_mib_after": round(rss, 1), "peak_rss_mib": round(peak, 1)}
         print(f"4. restart: {managed} deleted ConfigMaps restored in {resync:.1f}s "
               f"(RSS {rss:.0f} MiB, peak {peak:.0f} MiB)", flush=True)

@@ -3,7 +3,6 @@ the kwok cluster, and its RBAC is enough for the real operator to do its job (an
 
 from __future__ import annotations
 
-import filecmp
 import json
 import subprocess
 import uuid
@@ -16,7 +15,6 @@ from coursegrader_operator import constants as C
 
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.test_operator_harness import (  # noqa: F401 - the *_fixture names are fixtures
-    CRD_FILE,
     ROOT,
     Rest,
     condition,
@@ -47,11 +45,6 @@ def helm(kube: ControlPlane, *args: str, check: bool = True) -> subprocess.Compl
 def rendered(kube: ControlPlane, *extra: str, namespace: str = "xqueue") -> list[dict[str, Any]]:
     out = helm(kube, "template", "rel", str(CHART), "--namespace", namespace, *BASE_VALUES, *extra).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
-
-
-def test_chart_ships_the_same_crd_as_crds_dir() -> None:
-    assert filecmp.cmp(CRD_FILE, CHART / "crds" / CRD_FILE.name, shallow=False), \
-        "charts/xqueue/crds/ must be a copy of crds/ (cp crds/*.yaml charts/xqueue/crds/)"
 
 
 def test_chart_lints_and_requires_a_database(kube: ControlPlane) -> None:

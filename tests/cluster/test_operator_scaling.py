@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import requests
 from coursegrader_operator import constants as C
 
 from tests.cluster.controlplane import ControlPlane
@@ -37,6 +38,14 @@ pytestmark = [pytest.mark.kwok, pytest.mark.slow, pytest.mark.timeout(300)]
 
 REACTION_TARGET = 5.0  # anchors.md §6.5 A1 target: burst -> scale decision issued within 5 s
 DOWN_WINDOW = 6
+
+
+def admin_queues(server: ServerThread) -> list[dict[str, Any]]:
+    resp = requests.get(f"{server.url}/api/v1/queues", auth=(server.admin.username, server.admin.password),
+                        timeout=10)
+    resp.raise_for_status()
+    queues: list[dict[str, Any]] = resp.json()["queues"]
+    return queues
 
 
 def deployment_replicas(rest: Rest, ns: str, name: str) -> int:
@@ -102,11 +111,14 @@ def test_burst_scales_up_in_seconds_and_down_after_the_window(
                  and c["status"].get("inFlight") == 20, timeout=15, what="queue 0 / in flight 20")
         assert deployment_replicas(rest, ns, deployment) == 6
 
-        # Results in: nothing outstanding. Scale-down waits for the window, then goes to minReplicas.
-        for sub in pulled:
-            assert sub is not None
-            reply = grader.put_result(sub["xqueue_header"], GRADE)
-            assert reply["return_code"] == 0, reply
+        # All results in one bulk put_result (docs/contracts.md), so "outstanding" drops from 20 to 0
+        # at one instant: the scale-down must then wait for the window and go straight to minReplicas.
+        results = [{"xqueue_header": sub["xqueue_header"], "xqueue_body": json.dumps(GRADE)}
+                   for sub in pulled if sub is not None]
+        reply = grader.session.post(f"{server.url}/xqueue/put_result/", data={"results": json.dumps(results)},
+                                    allow_redirects=False, timeout=30).json()
+        assert reply["return_code"] == 0 and len(reply["content"]) == 20, reply
+        assert all(item["return_code"] == 0 for item in reply["content"]), reply
         drained = time.monotonic()
         fake_lms.wait_for(lambda cbs: len(cbs) >= 20, timeout=30)
         wait_for(lambda: deployment_replicas(rest, ns, deployment) == 1, timeout=DOWN_WINDOW + 10,
@@ -117,11 +129,23 @@ def test_burst_scales_up_in_seconds_and_down_after_the_window(
         events = rest.events(ns, cg_name)
         reasons = [e["reason"] for e in events]
         assert "ScaledUp" in reasons and "Provisioned" in reasons
-        # No flapping: the burst may scale up in steps while it arrives, then exactly one scale-down,
-        # and nothing went up again after it.
-        assert reasons.count("ScaledDown") == 1, reasons
+        # No flapping: the burst may scale up in steps while it arrives, then exactly one scale-down
+        # (the drain was instantaneous), and nothing went up again after it.
+        story = [(e["lastTimestamp"], e["reason"], e["message"]) for e in events]
+        assert reasons.count("ScaledDown") == 1, story
         down = next(e["lastTimestamp"] for e in events if e["reason"] == "ScaledDown")
-        assert all(e["lastTimestamp"] <= down for e in events if e["reason"] == "ScaledUp")
+        assert all(e["lastTimestamp"] <= down for e in events if e["reason"] == "ScaledUp"), story
+
+        # Deleting the CourseGrader removes the account it provisioned (the queue and its history stay).
+        rest.delete(C.KIND, ns, cg_name)
+        def login_refused() -> bool:
+            resp = requests.post(f"{server.url}/xqueue/login/", timeout=10,
+                                 data={"username": creds["username"], "password": creds["password"]})
+            assert resp.status_code == 200, (resp.status_code, resp.text[:500])
+            return bool(resp.json()["return_code"] == 1)
+
+        wait_for(login_refused, timeout=15, what="the provisioned account deleted")
+        assert any(q["name"] == queue for q in admin_queues(server))
     assert "ScaledUp" in runner.output
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import filecmp
 import pathlib
 from typing import Any
 
@@ -69,6 +70,12 @@ def test_crd_bounds_match_the_parser_bounds() -> None:
         for p in parents:
             node = node[p]["properties"]
         assert (node[leaf]["minimum"], node[leaf]["maximum"]) == (lo, hi), path
+
+
+def test_chart_ships_the_same_crd_as_crds_dir() -> None:
+    chart_copy = CRD_PATH.parents[1] / "charts" / "xqueue" / "crds" / CRD_PATH.name
+    assert filecmp.cmp(CRD_PATH, chart_copy, shallow=False), \
+        "charts/xqueue/crds/ must be a copy of crds/ (cp crds/*.yaml charts/xqueue/crds/)"
 
 
 def test_crd_has_status_subresource_short_name_and_printer_columns() -> None:
