@@ -201,7 +201,9 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.1)
-        asyncio.run(run(args, base))
+        import uvloop  # the load generator must not be the bottleneck
+
+        uvloop.run(run(args, base))
     finally:
         for server in servers:
             server.send_signal(signal.SIGTERM)

@@ -13,7 +13,8 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 from pathlib import Path
 
 from aiohttp import web
@@ -79,6 +80,13 @@ async def serve(settings: Settings) -> None:
         log.info("shutting down")
 
 
+def run_event_loop(main_coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop (libuv's event loop: roughly halves the per-request overhead of asyncio)."""
+    import uvloop
+
+    uvloop.run(main_coroutine)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="xqueue-server", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"configuration error: {exc}") from None
     setup_logging(settings.log_level, settings.log_format)
     with database_for(settings) as ready:
-        asyncio.run(serve(ready))
+        run_event_loop(serve(ready))
 
 
 if __name__ == "__main__":
