@@ -14,8 +14,8 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
