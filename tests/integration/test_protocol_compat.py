@@ -324,3 +324,19 @@ def test_only_http_200_counts_as_delivered(xqueue_factory, fake_lms: FakeLMS) ->
     assert fake_lms.attempts >= deadline_attempts  # retried, because 404 is not an acknowledgement
     fake_lms.status = 200
     fake_lms.wait_for(lambda cbs: any(c.xqueue_header.get("lms_key") == key for c in cbs))
+
+
+def test_long_headers_and_callback_urls_are_kept_whole(xqueue: ServerThread, queue_name: str,
+                                                       fake_lms: FakeLMS) -> None:
+    # Upstream truncated the callback URL to 128 characters and failed on headers over 1024.
+    long_url = fake_lms.callback_url("p" * 300)
+    header = {"lms_callback_url": long_url, "lms_key": "k" * 40, "queue_name": queue_name, "extra": "x" * 5000}
+    code, _ = LMSClient(xqueue).send(header, "body")
+    assert code == 0
+    grader = GraderClient(xqueue)
+    item = grader.pull(queue_name)
+    assert item is not None
+    grader.put_result(item["xqueue_header"], GRADE)
+    callback = fake_lms.wait_for(lambda cbs: any(c.xqueue_header.get("lms_key") == "k" * 40 for c in cbs))[-1]
+    assert callback.path.endswith("p" * 300 + "/score_update")
+    assert callback.xqueue_header["extra"] == "x" * 5000
