@@ -112,12 +112,13 @@ class KubeClient:
             session = await self._ensure(refresh=False)
             async with session.request(method, self._server + path, data=data, params=params,
                                        headers=headers) as resp:
-                text = await resp.text()
+                raw = await resp.read()
                 if resp.status == 401 and attempt == 1:
                     # Tokens rotate; one fresh login, then give up (bounded).
                     await self._ensure(refresh=True)
                     continue
                 if resp.status >= 400:
+                    text = raw.decode(errors="replace")
                     try:
                         payload = json.loads(text)
                         message = str(payload.get("message", text))
@@ -125,7 +126,7 @@ class KubeClient:
                     except ValueError:
                         message, reason = text[:500], str(resp.reason)
                     raise ApiError(resp.status, reason, message)
-                return json.loads(text) if text else {}
+                return json.loads(raw) if raw else {}
         raise ApiError(401, "Unauthorized", "re-login did not help")
 
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:

@@ -93,7 +93,10 @@ class XQueueClient:
                 except ValueError as e:
                     raise XQueueError(f"{method} {_path(url)} did not return JSON") from e
         except (aiohttp.ClientError, TimeoutError) as e:
-            raise XQueueError(f"{method} {_path(url)} failed: {type(e).__name__}: {e}",
+            # No path in the message: it is shared by every course on the same server (and shown in
+            # their status), so it must not change with whichever queue happened to ask first.
+            detail = str(e) or "timed out"
+            raise XQueueError(f"cannot reach the XQueue server: {type(e).__name__}: {detail}",
                               unreachable=True) from e
 
     async def queue_length(self, base_url: str, queue: str, auth: Auth) -> QueueLoad:

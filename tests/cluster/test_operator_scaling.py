@@ -71,15 +71,19 @@ class ReplicaSampler:
                 time.sleep(0.05)
         except BaseException as e:  # surfaced by stop(): a dead sampler must fail the test
             self.error = e
-        finally:
-            self._args[0].close()
 
     def stop(self) -> list[int]:
         self._stop.set()
         self._thread.join(timeout=10)
-        if self.error is not None:
-            raise AssertionError(f"replica sampler failed: {self.error!r}")
-        return self.values
+        try:
+            if self.error is not None:
+                raise AssertionError(f"replica sampler failed: {self.error!r}")
+            final = deployment_replicas(*self._args)  # the stop may have come between two samples
+            if self.values[-1] != final:
+                self.values.append(final)
+            return self.values
+        finally:
+            self._args[0].close()
 
 
 def deployment_replicas(rest: Rest, ns: str, name: str) -> int:
@@ -207,3 +211,33 @@ def test_operator_uses_a_given_grader_secret_and_reads_lengths_with_it(
             timeout=30, what="queue length read with the grader's own account")
         assert condition(cg, C.COND_SCALING_ACTIVE)["status"] == "True"
         wait_for(lambda: deployment_replicas(rest, ns, "given-grader") == 2, timeout=10, what="scale to 2")
+
+
+def test_deleted_credentials_secret_is_regenerated_and_reprovisioned(
+        kube_namespace: str, coursegrader_crd: str, rest: Rest, operator_env: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch, xqueue_factory: Callable[..., ServerThread]) -> None:
+    ns = kube_namespace
+    server = xqueue_factory()
+    monkeypatch.setenv("XQOP_ADMIN_USERNAME", server.admin.username)
+    monkeypatch.setenv("XQOP_ADMIN_PASSWORD", server.admin.password)
+    queue = f"course-{uuid.uuid4().hex[:8]}"
+    secret = "regen-grader-credentials"
+
+    def logs_in(creds: dict[str, str]) -> bool:
+        resp = requests.post(f"{server.url}/xqueue/login/", timeout=10,
+                             data={"username": creds["username"], "password": creds["password"]})
+        return resp.status_code == 200 and resp.json()["return_code"] == 0
+
+    with running_operator(ns):
+        rest.create(C.KIND, ns, coursegrader_manifest("regen", queue=queue, url=server.url, secret=None))
+        wait_for(lambda: condition(rest.get(C.KIND, ns, "regen"), C.COND_PROVISIONED).get("status") == "True",
+                 timeout=30, what="provisioned")
+        first = secret_data(rest, ns, secret)
+        assert logs_in(first)
+        rest.delete("Secret", ns, secret)
+        second = wait_for(lambda: (d := secret_data(rest, ns, secret)) and d != first and d, timeout=15,
+                          what="a new Secret with a new password")
+        assert second["username"] == first["username"]
+        # The account follows the Secret: the new password works, the old one no longer does.
+        wait_for(lambda: logs_in(second), timeout=15, what="login with the regenerated password")
+        assert not logs_in(first)
