@@ -41,7 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from coursegrader_operator import constants as C  # noqa: E402
-
 from tests.cluster.controlplane import ControlPlane  # noqa: E402
 from xqueue_server.local_pg import LocalPostgres  # noqa: E402
 from xqueue_server.testing import ServerThread, create_database  # noqa: E402

@@ -14,6 +14,8 @@ import secrets
 import time
 from dataclasses import dataclass
 
+import asyncpg
+
 from .db import Account, Database
 
 # scrypt cost: ~16 MiB and some tens of ms per hash, the usual interactive-login setting.
@@ -118,12 +120,17 @@ class Authenticator:
         if entry is not None:
             return entry.account
         account = await self.check_password(username, password)
-        self._remember(self._basic, key, account, 30.0 if account else 2.0)
+        # Short: a deleted or changed account must stop working within seconds on every replica.
+        self._remember(self._basic, key, account, self.cache_seconds)
         return account
 
-    async def login(self, account: Account) -> str:
+    async def login(self, account: Account) -> str | None:
+        """A new session secret, or None when the account was deleted in the meantime."""
         secret = new_secret()
-        await self.db.create_session(digest_secret(secret), account.id, self.session_max_age)
+        try:
+            await self.db.create_session(digest_secret(secret), account.id, self.session_max_age)
+        except asyncpg.ForeignKeyViolationError:
+            return None
         return secret
 
     async def session(self, secret: str) -> Account | None:

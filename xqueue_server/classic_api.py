@@ -58,6 +58,8 @@ async def login(request: web.Request) -> web.Response:
         log.info("login failed", extra={"fields": {"username": username[:128], "ip": client_ip(request)}})
         return reply(p.failure(p.INCORRECT_CREDENTIALS))
     secret = await ctx.auth.login(account)
+    if secret is None:  # deleted between the password check and the session insert
+        return reply(p.failure(p.INCORRECT_CREDENTIALS))
     response = reply(p.success(p.LOGGED_IN))
     set_session_cookie(response, secret, ctx.settings)
     response.set_cookie("csrftoken", ctx.csrf_token(), samesite="Lax", path="/")

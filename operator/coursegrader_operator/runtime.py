@@ -241,12 +241,11 @@ class Runtime:
             return None  # a reconcile for the new spec is due anyway; do not report a spec change as drift
         owner = g.owner
         if kind == "Secret":
+            # Any change to the provisioned Secret that is not our own write: the account must follow
+            # it (a new password is pushed to the server; a broken Secret is regenerated).
             if g.spec.server.provision and body.get("metadata", {}).get("name") == ObjectNames.for_owner(
                     owner.name).secret:
-                data = body.get("data") or {}
-                username = _decode(data, "username")
-                if username != grader_username(owner, g.spec) or not _decode(data, "password"):
-                    return ".data"
+                return ".data"
             return None
         # Replicas are compared with what the operator last applied, not with a newer decision that
         # the scaler has not applied yet: the latter is not drift, only a pending scale.
@@ -556,6 +555,8 @@ class Runtime:
         if created:
             self._event(g, "QueueCreated", f"created queue {spec.queue} on the XQueue server")
         g.creds = Auth(username=username, password=password)
+        if g.provisioned_key is not None and g.provisioned_key[1] != key[1]:
+            self._event(g, "AccountUpdated", f"account {username} now uses the password in Secret {name}")
         g.provisioned_key, g.provisioned_at = key, now
         was_ok = g.provisioned is not None and g.provisioned.status
         if not was_ok:

@@ -13,11 +13,11 @@ import time
 from typing import Any
 
 import pytest
+
 from coursegrader_operator import constants as C
 from coursegrader_operator.drift import comparable, find_drift
 from coursegrader_operator.resources import Owner, build_deployment
 from coursegrader_operator.spec import OperatorDefaults, parse_spec
-
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.test_operator_harness import (  # noqa: F401 - the *_fixture names are fixtures
     GRADER_IMAGE,

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
-from coursegrader_operator import constants as C
 
+from coursegrader_operator import constants as C
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.test_operator_harness import (  # noqa: F401 - the *_fixture names are fixtures
     ROOT,

@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 import kopf
 import pytest
 import requests
-from coursegrader_operator import constants as C
 from kopf.testing import KopfRunner
 
+from coursegrader_operator import constants as C
 from tests.cluster.controlplane import ControlPlane
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

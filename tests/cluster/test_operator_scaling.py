@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 import requests
-from coursegrader_operator import constants as C
 
+from coursegrader_operator import constants as C
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.test_operator_harness import (  # noqa: F401 - the *_fixture names are fixtures
     Rest,
@@ -241,3 +241,11 @@ def test_deleted_credentials_secret_is_regenerated_and_reprovisioned(
         # The account follows the Secret: the new password works, the old one no longer does.
         wait_for(lambda: logs_in(second), timeout=15, what="login with the regenerated password")
         assert not logs_in(first)
+
+        # An operator of the course edits the password in the Secret: the account follows that too.
+        rest.patch("Secret", ns, secret, {"stringData": {"password": "chosen-by-a-human-0123456789"}})
+        third = {**second, "password": "chosen-by-a-human-0123456789"}
+        wait_for(lambda: logs_in(third), timeout=15, what="login with the edited password")
+        assert not logs_in(second)
+        wait_for(lambda: [e for e in rest.events(ns, "regen") if e["reason"] == "AccountUpdated"],
+                 timeout=10, what="an AccountUpdated event")

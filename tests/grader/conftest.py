@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from xqueue_grader.engine import GradingEngine
 from xqueue_grader.results import GradeResult
 from xqueue_grader.sandbox import Limits, SandboxPool, SandboxSettings

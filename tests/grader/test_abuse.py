@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+
 from xqueue_grader import results as R
 from xqueue_grader.engine import GradingEngine
 from xqueue_grader.results import GradeResult

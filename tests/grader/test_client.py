@@ -8,6 +8,7 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
+
 from xqueue_grader.client import XQueueClient
 from xqueue_grader.protocol import parse_submission
 

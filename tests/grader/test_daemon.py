@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+
 from xqueue_grader.config import GraderConfig, config_from_sources
 from xqueue_grader.daemon import GraderDaemon
 from xqueue_grader.launch import grader_env, start_subprocess

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from xqueue_grader.launch import grader_env, start_subprocess
 
 from tests.integration.clients import LMSClient
+from xqueue_grader.launch import grader_env, start_subprocess
 from xqueue_server.testing import Callback, FakeLMS, ServerThread
 
 from .conftest import EXAMPLES, SESSION_UID, lms_body

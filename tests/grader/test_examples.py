@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from xqueue_grader import results as R
 from xqueue_grader.engine import GradingEngine
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from xqueue_grader.fetch import FetchError, FetchSettings, fetch_course, redact_url, settings_from_env
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t",

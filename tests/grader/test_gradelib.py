@@ -5,6 +5,7 @@ from __future__ import annotations
 import types
 
 import pytest
+
 from xqueue_grader.runtime import gradelib
 from xqueue_grader.runtime.harness import BoundedText, captured_stdout
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from xqueue_grader import results as R
 from xqueue_grader.config import ConfigError, HandlerSpec, config_from_sources
 from xqueue_grader.daemon import FAST_EMPTY_STRIKES, LongPollState, next_poll_delay, outcome_of

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+
 from xqueue_grader.sandbox import Limits, SandboxPool
 from xqueue_grader.sandbox.limits import rlimit_pairs
 

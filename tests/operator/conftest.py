@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import pytest
+
 from coursegrader_operator.resources import Owner
 from coursegrader_operator.spec import CourseGraderSpec, parse_spec
 

@@ -6,6 +6,7 @@ import pathlib
 
 import kopf
 import pytest
+
 from coursegrader_operator import constants as C
 from coursegrader_operator.__main__ import kopf_args
 from coursegrader_operator.config import OperatorConfig

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+
 from coursegrader_operator.config import OperatorConfig
 from coursegrader_operator.drift import comparable, find_drift, parse_quantity
 from coursegrader_operator.resources import Owner, build_deployment, build_network_policy

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from coursegrader_operator import constants as C
 from coursegrader_operator.spec import (
     BOUNDS,
