@@ -71,14 +71,21 @@ async def login(session: aiohttp.ClientSession, base: str, username: str, passwo
         assert reply["return_code"] == 0, reply
 
 
-async def grader_loop(base: str, stop: asyncio.Event) -> None:
+async def grader_loop(base: str, stop: asyncio.Event, bulk: int) -> None:
+    """A no-op pull grader: classic single pulls, or the bulk extension when ``bulk`` > 1."""
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
         await login(session, base, "grader", "grader-password")
+        params = {"queue_name": QUEUE, "wait": "1", **({"max": str(bulk)} if bulk > 1 else {})}
         while not stop.is_set():
-            async with session.get(f"{base}/xqueue/get_submission/",
-                                   params={"queue_name": QUEUE, "wait": "1"}) as r:
+            async with session.get(f"{base}/xqueue/get_submission/", params=params) as r:
                 reply = await r.json(content_type=None)
             if reply["return_code"] != 0:
+                continue
+            if bulk > 1:
+                items = json.loads(reply["content"])
+                results = json.dumps([{"xqueue_header": i["xqueue_header"], "xqueue_body": GRADE} for i in items])
+                async with session.post(f"{base}/xqueue/put_result/", data={"results": results}) as r:
+                    await r.read()
                 continue
             item = json.loads(reply["content"])
             async with session.post(f"{base}/xqueue/put_result/",
@@ -139,7 +146,7 @@ async def run(args: argparse.Namespace, base: str) -> None:
     lms = FakeLMS()
     runner = await lms.start()
     stop = asyncio.Event()
-    graders = [asyncio.create_task(grader_loop(base, stop)) for _ in range(args.graders)]
+    graders = [asyncio.create_task(grader_loop(base, stop, args.bulk)) for _ in range(args.graders)]
     await asyncio.sleep(1.0)
     await closed_loop(base, lms, args.clients, 3.0, args.outstanding)  # warm-up
     await asyncio.sleep(1.0)
@@ -156,9 +163,18 @@ async def run(args: argparse.Namespace, base: str) -> None:
     half = list(lms.latencies)
     stop.set()
     await asyncio.gather(*graders, return_exceptions=True)
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as r:
+        metrics = await r.text()
+    counts: dict[str, float] = {}
+    for line in metrics.splitlines():
+        if line.startswith(("xqueue_http_request_duration_seconds_count", "xqueue_pulls_total",
+                            "xqueue_empty_pulls_total", "xqueue_callback_attempts_total")):
+            name, value = line.rsplit(" ", 1)
+            route = name.split("route=\"")[1].split("\"")[0] if "route=" in name else name.split("{")[0]
+            counts[route] = counts.get(route, 0.0) + float(value)
     await runner.cleanup()
     print(f"machine: {os.cpu_count()} cores; server workers: {args.workers}; graders: {args.graders}; "
-          f"LMS clients: {args.clients}")
+          f"LMS clients: {args.clients}; bulk: {args.bulk}")
     print(f"max throughput: {throughput:.0f} full cycles/s "
           f"(p50 {percentile(max_latencies, 0.5) * 1000:.1f} ms, "
           f"p99 {percentile(max_latencies, 0.99) * 1000:.1f} ms "
@@ -166,6 +182,7 @@ async def run(args: argparse.Namespace, base: str) -> None:
     print(f"at half load ({rate:.0f}/s, open loop, {len(half)} cycles): submit->callback "
           f"p50 {percentile(half, 0.5) * 1000:.1f} ms, p99 {percentile(half, 0.99) * 1000:.1f} ms, "
           f"mean {statistics.mean(half) * 1000:.1f} ms; lost: {len(lms.sent)}")
+    print("server counters: " + ", ".join(f"{k}={v:.0f}" for k, v in sorted(counts.items())))
 
 
 def main() -> None:
@@ -175,6 +192,7 @@ def main() -> None:
     parser.add_argument("--outstanding", type=int, default=64, help="max submissions in flight (closed loop)")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--workers", type=int, default=1, help="server processes sharing the port")
+    parser.add_argument("--bulk", type=int, default=1, help="graders pull/put up to N per call (extension)")
     args = parser.parse_args()
 
     data_dir = tempfile.mkdtemp(prefix="xqueue-bench-pg-")
