@@ -6,6 +6,7 @@ endpoint is also open to accounts allowed to pull that queue (a course's grader 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -46,13 +47,15 @@ async def json_body(request: web.Request) -> dict[str, Any] | web.Response:
     return body
 
 
-def queue_list(body: dict[str, Any], key: str) -> list[str] | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"'{key}' must be a list of queue names or null")
-    return value
+def queue_permissions(body: dict[str, Any]) -> tuple[list[str] | None, list[str] | None]:
+    """``pull_queues`` and ``submit_queues`` of a request body: lists of names, or null (unrestricted)."""
+    lists = []
+    for key in ("pull_queues", "submit_queues"):
+        value = body.get(key)
+        if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+            raise ValueError(f"'{key}' must be a list of queue names or null")
+        lists.append(value)
+    return lists[0], lists[1]
 
 
 @routes.get("/api/v1/queues")
@@ -123,12 +126,9 @@ async def put_user(request: web.Request) -> web.Response:
     if not isinstance(is_admin, bool):
         return error(400, "'is_admin' must be a boolean")
     try:
-        pull_queues = queue_list(body, "pull_queues")
-        submit_queues = queue_list(body, "submit_queues")
+        pull_queues, submit_queues = queue_permissions(body)
     except ValueError as exc:
         return error(400, str(exc))
-    import asyncio
-
     password_hash = await asyncio.to_thread(hash_password, password)
     created = await AppContext.of(request).db.upsert_account(
         username, password_hash, is_admin, pull_queues, submit_queues
@@ -166,8 +166,7 @@ async def create_token(request: web.Request) -> web.Response:
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
         return error(400, "'ttl_seconds' must be a positive number or null")
     try:
-        pull_queues = queue_list(body, "pull_queues")
-        submit_queues = queue_list(body, "submit_queues")
+        pull_queues, submit_queues = queue_permissions(body)
     except ValueError as exc:
         return error(400, str(exc))
     found = await ctx.db.get_account_with_hash(username)

@@ -18,6 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from . import protocol as p
 from .auth import can_pull, can_submit, visible_queues
 from .context import AppContext, client_ip, current_account, set_session_cookie
+from .db import Account
 from .uploads import UploadError, read_submit_form
 
 log = logging.getLogger("xqueue.classic")
@@ -128,17 +129,25 @@ async def submit(request: web.Request) -> web.Response:
     return reply(p.success(str(queue_length)))
 
 
-@routes.route("*", "/xqueue/get_queuelen/")
-async def get_queuelen(request: web.Request) -> web.Response:
-    ctx = AppContext.of(request)
+async def grader_call(request: web.Request, endpoint: str) -> tuple[AppContext, Account, str] | web.Response:
+    """The shared start of the GET endpoints: a logged-in caller, GET, and a ``queue_name`` parameter."""
     account = await current_account(request)
     if account is None:
         return redirect_to_login(request)
     if request.method != "GET":
-        return reply(p.failure("'get_queuelen' must use HTTP GET"))
+        return reply(p.failure(f"'{endpoint}' must use HTTP GET"))
     queue_name = request.query.get("queue_name")
     if queue_name is None:
-        return reply(p.failure(p.missing_queue_param("get_queuelen")))
+        return reply(p.failure(p.missing_queue_param(endpoint)))
+    return AppContext.of(request), account, queue_name
+
+
+@routes.route("*", "/xqueue/get_queuelen/")
+async def get_queuelen(request: web.Request) -> web.Response:
+    call = await grader_call(request, "get_queuelen")
+    if isinstance(call, web.Response):
+        return call
+    ctx, account, queue_name = call
     if not await ctx.queue_exists(queue_name) or not (can_pull(account, queue_name) or can_submit(account, queue_name)):
         names = visible_queues(account, await ctx.db.list_queue_names())
         return reply(p.failure(p.valid_queue_names(names)))
@@ -147,15 +156,10 @@ async def get_queuelen(request: web.Request) -> web.Response:
 
 @routes.route("*", "/xqueue/get_submission/")
 async def get_submission(request: web.Request) -> web.Response:
-    ctx = AppContext.of(request)
-    account = await current_account(request)
-    if account is None:
-        return redirect_to_login(request)
-    if request.method != "GET":
-        return reply(p.failure("'get_submission' must use HTTP GET"))
-    queue_name = request.query.get("queue_name")
-    if queue_name is None:
-        return reply(p.failure(p.missing_queue_param("get_submission")))
+    call = await grader_call(request, "get_submission")
+    if isinstance(call, web.Response):
+        return call
+    ctx, account, queue_name = call
     try:
         wait = p.parse_positive_number(request.query.get("wait"), "wait", ctx.settings.long_poll_max_seconds)
         bulk = p.parse_positive_number(request.query.get("max"), "max", ctx.settings.bulk_max)
