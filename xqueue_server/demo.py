@@ -132,17 +132,30 @@ def run_demo(once: bool, port: int) -> int:
             print()
         if once:
             return 0
-        print("The stack keeps running. Submit your own solution, e.g.:")
+        body_file = state / "example_body.json"
+        body_file.write_text(json.dumps({
+            "grader_payload": json.dumps({"grader": f"{DEMO_PROBLEM}/grade_{DEMO_PROBLEM}.py"}),
+            "student_response": SUBMISSIONS[0].code,
+        }))
+        header = json.dumps({"lms_callback_url": lms.callback_url("mine"), "lms_key": "my-key", "queue_name": QUEUE})
+        print("The stack keeps running; grades of further submissions are printed here. Try:")
         print(f"  curl -s -c /tmp/xq -d 'username=lms&password=lms-password' {server.url}/xqueue/login/")
-        print(f"  curl -s -b /tmp/xq --data-urlencode 'xqueue_header={{\"lms_callback_url\": \"{lms.url}/cb\", "
-              f"\"lms_key\": \"k1\", \"queue_name\": \"{QUEUE}\"}}' --data-urlencode 'xqueue_body=...' "
-              f"{server.url}/xqueue/submit/")
+        print(f"  curl -s -b /tmp/xq --data-urlencode 'xqueue_header={header}' "
+              f"--data-urlencode 'xqueue_body@{body_file}' {server.url}/xqueue/submit/")
         print("Ctrl-C stops everything.")
         stop = {"now": False}
         signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+        shown = len(lms.callbacks)
         try:
             while not stop["now"]:
                 time.sleep(0.5)
+                for callback in list(lms.callbacks)[shown:]:
+                    body = callback.xqueue_body
+                    if isinstance(body, dict):
+                        print(f"  [{callback.xqueue_header.get('lms_key')}] score={body.get('score')} "
+                              f"correct={body.get('correct')}")
+                        print(readable(str(body.get("msg", ""))))
+                shown = len(lms.callbacks)
         except KeyboardInterrupt:
             pass
         return 0
