@@ -98,13 +98,15 @@ async def queue_length(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if not can_pull(account, name):
         return error(403, f"not allowed to read queue '{name}'")
-    stats = await AppContext.of(request).db.queue_stats(name)
+    db = AppContext.of(request).db
+    stats = await db.queue_stats(name)
     if not stats:
         return error(404, f"Queue '{name}' not found")
     row = stats[0]
     return web.json_response({
         "queue": name, "queued": row["queued"], "in_flight": row["in_flight"],
         "oldest_queued_age_seconds": row["oldest_queued_age_seconds"],
+        "in_flight_by_grader": await db.in_flight_by_grader(name),
     })
 
 

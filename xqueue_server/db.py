@@ -178,6 +178,10 @@ class Database:
             for r in rows
         ]
 
+    async def in_flight_by_grader(self, name: str) -> dict[str, int]:
+        rows = await self.pool.fetch(QUERIES["in_flight_by_grader"], name)
+        return {r["grader_id"] or "": r["in_flight"] for r in rows}
+
     async def queue_length(self, name: str) -> int:
         return int(await self.pool.fetchval(QUERIES["queue_length"], name))
 

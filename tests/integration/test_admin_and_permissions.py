@@ -40,6 +40,7 @@ def test_queue_provisioning_is_idempotent_and_reports_lengths(xqueue: ServerThre
     length = api.get(f"{xqueue.url}/api/v1/queues/course-a/length", timeout=10).json()
     assert length["queue"] == "course-a" and length["queued"] == 1 and length["in_flight"] == 1
     assert length["oldest_queued_age_seconds"] >= 0
+    assert length["in_flight_by_grader"] == {"127.0.0.1": 1}
     listed = {q["name"]: q for q in api.get(f"{xqueue.url}/api/v1/queues", timeout=10).json()["queues"]}
     assert listed["course-a"]["queued"] == 1
     assert api.get(f"{xqueue.url}/api/v1/queues/nope/length", timeout=10).status_code == 404

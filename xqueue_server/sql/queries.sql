@@ -27,6 +27,13 @@ WHERE ($1::text IS NULL OR q.name = $1)
 GROUP BY q.name
 ORDER BY q.name;
 
+-- name: in_flight_by_grader
+-- Leased submissions per grader address (the pod IP in a cluster): lets the operator prefer idle
+-- pods when it scales down.
+SELECT grader_id, count(*) AS in_flight FROM submissions
+ WHERE queue_name = $1 AND state = 'pending' AND lease_expires_at > now()
+ GROUP BY grader_id;
+
 -- name: queue_length
 SELECT count(*) FROM submissions
 WHERE queue_name = $1 AND state = 'pending'
