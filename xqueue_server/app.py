@@ -27,6 +27,7 @@ from .waiters import QueueWaiters
 
 log = logging.getLogger("xqueue.app")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
 @web.middleware
@@ -52,8 +53,10 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     finally:
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
         context = request.app.get(CONTEXT_KEY)
+        # Any string can be an HTTP method; keep the label set bounded.
+        method = request.method if request.method in KNOWN_METHODS else "OTHER"
         if context is not None:
-            context.metrics.requests.labels(route, request.method, str(status)).observe(
+            context.metrics.requests.labels(route, method, str(status)).observe(
                 time.perf_counter() - started
             )
 

@@ -15,7 +15,6 @@ import time
 import uuid
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import quote
 
 from .config import Settings
 
@@ -124,7 +123,3 @@ def make_storage(settings: Settings, signing_key: str) -> Storage:
     if settings.storage == "s3":
         return S3Storage(settings)
     return LocalStorage(settings.resolved_storage_dir, signing_key)
-
-
-def content_disposition(filename: str) -> str:
-    return f"attachment; filename*=UTF-8''{quote(filename)}"

@@ -16,6 +16,7 @@ the queue itself is empty.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .spec import ScalingPolicy
@@ -28,6 +29,9 @@ class QueueLoad:
     queued: int
     in_flight: int
     oldest_queued_age: float | None = None
+    # Leased submissions per grader client address (the pod IP in a cluster), or None when the server
+    # does not report it (older servers, upstream, and the all-queues listing).
+    in_flight_by_grader: Mapping[str, int] | None = field(default=None, compare=False, hash=False)
 
     @property
     def outstanding(self) -> int:
@@ -109,3 +113,27 @@ def initial_replicas(policy: ScalingPolicy, existing: int | None) -> int:
     if not policy.enabled:
         return clamp(policy.min_replicas, policy)
     return clamp(existing if existing is not None else policy.min_replicas, policy)
+
+
+DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
+
+
+def deletion_costs(pods: Iterable[tuple[str, str | None, str | None]],
+                   in_flight_by_grader: Mapping[str, int]) -> dict[str, str]:
+    """Pod-deletion-cost annotations that must change before a scale-down.
+
+    `pods` are (name, status.podIP, current annotation value or None); the cost of a pod is the number
+    of submissions leased to its address (0 for idle pods and pods without an IP), so the ReplicaSet
+    controller removes idle pods first. Only pods whose annotation differs are returned, so a
+    scale-down patches as few pods as possible. Addresses are only compared as strings, never dialed.
+    """
+    out: dict[str, str] = {}
+    for name, ip, current in pods:
+        count = in_flight_by_grader.get(ip, 0) if ip else 0
+        try:
+            cost = str(max(0, min(int(count), 2**31 - 1)))  # the annotation is an int32
+        except (TypeError, ValueError):
+            cost = "0"
+        if current != cost:
+            out[name] = cost
+    return out

@@ -45,11 +45,22 @@ class Auth:
         return bool(self.token or self.username)
 
 
+def _by_grader(raw: Any) -> dict[str, int] | None:
+    """`in_flight_by_grader` if the server sent a usable one, else None (older servers: no field)."""
+    if not isinstance(raw, Mapping):
+        return None
+    try:
+        return {str(address): int(n) for address, n in raw.items()}
+    except (TypeError, ValueError):
+        return None
+
+
 def _load(payload: Mapping[str, Any], queue: str) -> QueueLoad:
     try:
         age = payload.get("oldest_queued_age_seconds")
         return QueueLoad(queued=int(payload["queued"]), in_flight=int(payload.get("in_flight") or 0),
-                         oldest_queued_age=float(age) if age is not None else None)
+                         oldest_queued_age=float(age) if age is not None else None,
+                         in_flight_by_grader=_by_grader(payload.get("in_flight_by_grader")))
     except (KeyError, TypeError, ValueError) as e:
         raise XQueueError(f"malformed length reply for queue {queue!r}") from e
 
