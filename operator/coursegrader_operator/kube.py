@@ -170,3 +170,11 @@ class KubeClient:
         return await self.request("PATCH", object_path(api_version, kind, namespace, name), body=patch,
                                   params={"fieldManager": C.FIELD_MANAGER},
                                   content_type="application/merge-patch+json")
+
+    async def list(self, api_version: str, kind: str, namespace: str,
+                   label_selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        """Objects of a kind in a namespace matching equality labels (one page; used for grader pods)."""
+        selector = ",".join(f"{k}={v}" for k, v in sorted(label_selector.items()))
+        reply = await self.request("GET", object_path(api_version, kind, namespace),
+                                   params={"labelSelector": selector})
+        return list(reply.get("items") or [])

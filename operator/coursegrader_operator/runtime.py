@@ -43,8 +43,18 @@ from .resources import (
     build_objects,
     credentials_secret_name,
     grader_username,
+    selector_labels,
 )
-from .scaling import Decision, QueueLoad, ScaleHistory, clamp, decide, initial_replicas
+from .scaling import (
+    DELETION_COST_ANNOTATION,
+    Decision,
+    QueueLoad,
+    ScaleHistory,
+    clamp,
+    decide,
+    deletion_costs,
+    initial_replicas,
+)
 from .spec import CourseGraderSpec, SpecError, parse_spec, validate_name
 from .status import Condition, Observed, build_status, now_rfc3339, status_differs, status_patch
 from .xqueue import Auth, XQueueClient, XQueueError
@@ -463,6 +473,7 @@ class Runtime:
         results = await asyncio.gather(*(self.kube.apply(o) for o in objects.values() if needed(o)))
         deployment = build_deployment(owner, spec, replicas)
         if needed(deployment):
+            await self.mark_pod_deletion_costs(g, g.applied_replicas, replicas)
             results.append(await self.kube.apply(deployment))
             g.deployment = _trim_deployment(results[-1])
         elif observed.get("Deployment") is not None:
@@ -568,10 +579,61 @@ class Runtime:
         if g.spec is None or g.desired_replicas is None:
             return
         replicas = g.desired_replicas
+        await self.mark_pod_deletion_costs(g, g.applied_replicas, replicas)
         applied = await self.kube.apply(build_deployment(g.owner, g.spec, replicas))
         g.seen_rv["Deployment"] = applied.get("metadata", {}).get("resourceVersion", "")
         g.deployment = _trim_deployment(applied)
         g.applied_replicas = replicas
+
+    async def mark_pod_deletion_costs(self, g: Grader, current: int | None, replicas: int) -> None:
+        """Before a scale-down, set pod-deletion-cost on the grader pods to their in-flight count.
+
+        The ReplicaSet controller then removes idle pods first. Only on a scale-down, only if the
+        server reports `in_flight_by_grader` (older servers do not: nothing is annotated), and only
+        pods whose annotation changes are patched. Grader addresses are compared with status.podIP as
+        strings; pods are never dialed. Best effort: a failure here never holds up the scale-down.
+        """
+        if g.spec is None or current is None or replicas >= current:
+            return
+        by_grader = g.load.in_flight_by_grader if g.load is not None else None
+        if by_grader is None:
+            # The all-queues listing (admin mode) carries no per-grader figures: one extra request
+            # for this queue, made only on a scale-down.
+            auth = self._admin if self.config.has_admin else g.creds
+            if not auth:
+                return
+            try:
+                by_grader = (await self.xq.queue_length(self._dial_url(g.spec), g.spec.queue,
+                                                        auth)).in_flight_by_grader
+            except XQueueError as e:
+                log.info("%s/%s: no per-grader in-flight figures (%s); pods not annotated", *g.key, e)
+                return
+            if by_grader is None:
+                return  # the server does not report them
+        ns = g.key[0]
+        try:
+            pods = await self.kube.list("v1", "Pod", ns, selector_labels(g.owner))
+            changes = deletion_costs(
+                [(p["metadata"]["name"], (p.get("status") or {}).get("podIP"),
+                  (p["metadata"].get("annotations") or {}).get(DELETION_COST_ANNOTATION))
+                 for p in pods if not p["metadata"].get("deletionTimestamp")],
+                by_grader)
+            results = await asyncio.gather(
+                *(self.kube.merge_patch("v1", "Pod", ns, name,
+                                        {"metadata": {"annotations": {DELETION_COST_ANNOTATION: cost}}})
+                  for name, cost in changes.items()),
+                return_exceptions=True)
+        except (ApiError, aiohttp.ClientError, TimeoutError) as e:
+            log.warning("%s/%s: could not set pod-deletion-cost: %s", *g.key, _describe(e))
+            return
+        failed = [r for r in results if isinstance(r, BaseException)
+                  and not (isinstance(r, ApiError) and r.not_found)]
+        if failed:
+            log.warning("%s/%s: could not set pod-deletion-cost on %d pod(s): %s", *g.key, len(failed),
+                        _describe(failed[0]))
+        if changes:
+            log.info("%s/%s: pod-deletion-cost set on %d pod(s) before scaling %d -> %d", *g.key,
+                     len(changes) - len(failed), current, replicas)
 
     # ---------------------------------------------------------------- status
 

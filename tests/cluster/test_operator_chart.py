@@ -114,6 +114,9 @@ def test_install_and_operator_works_with_exactly_the_charts_rbac(
         assert can("create", "events", courses)
         assert not can("patch", "deployments", "kube-system")  # namespaced mode: only watched namespaces
         assert not can("delete", "nodes") and not can("create", "pods", courses)
+        # pod-deletion-cost before a scale-down: list and patch grader pods, nothing more.
+        assert can("list", "pods", courses) and can("patch", "pods", courses)
+        assert not can("delete", "pods", courses) and not can("patch", "pods", "kube-system")
         assert not can("patch", "coursegraders", courses)  # spec belongs to course ops
 
         # Run the real operator in-process with the chart's ServiceAccount token, not the admin cert.

@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from coursegrader_operator import constants as C
+from coursegrader_operator.scaling import DELETION_COST_ANNOTATION
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.test_operator_harness import (  # noqa: F401 - the *_fixture names are fixtures
     Rest,
@@ -167,6 +168,14 @@ def test_burst_scales_up_in_seconds_and_down_after_the_window(
         assert held >= DOWN_WINDOW - 1.5  # the window (minus one scale tick of measurement slack)
         reasons = [e["reason"] for e in rest.events(ns, cg_name)]
         assert "ScaledUp" in reasons and "ScaledDown" in reasons and "Provisioned" in reasons
+        # Before lowering replicas the operator marked the grader pods with pod-deletion-cost from the
+        # server's in_flight_by_grader. Nothing is in flight any more (and the test's grader pulls from
+        # 127.0.0.1, which is no kwok pod IP), so the surviving pod carries cost "0".
+        survivors = [p for p in rest.list("Pod", ns, labelSelector=f"{C.LABEL_OWNER}={cg_name}")
+                     if not p["metadata"].get("deletionTimestamp")]
+        assert survivors, "no grader pod left after the scale-down"
+        costs = [(p["metadata"].get("annotations") or {}).get(DELETION_COST_ANNOTATION) for p in survivors]
+        assert costs == ["0"] * len(survivors), costs
         # No flapping: over the whole burst the replica count went up (possibly in steps while the
         # submissions arrived), then down, and never up again.
         history = sampler.stop()
