@@ -7,17 +7,19 @@ endpoint is also open to accounts allowed to pull that queue (a course's grader 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from .auth import can_pull, digest_secret, hash_password, new_secret
 from .context import AppContext, current_account
-from .db import Account
 
 routes = web.RouteTableDef()
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,127}$")
 
 
@@ -26,13 +28,19 @@ def error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-async def require_admin(request: web.Request) -> Account | web.Response:
-    account = await current_account(request)
-    if account is None:
-        return error(401, "authentication required")
-    if not account.is_admin:
-        return error(403, "admin account required")
-    return account
+def admin_only(handler: Handler) -> Handler:
+    """Answer 401/403 unless the caller is an admin account."""
+
+    @functools.wraps(handler)
+    async def checked(request: web.Request) -> web.Response:
+        account = await current_account(request)
+        if account is None:
+            return error(401, "authentication required")
+        if not account.is_admin:
+            return error(403, "admin account required")
+        return await handler(request)
+
+    return checked
 
 
 async def json_body(request: web.Request) -> dict[str, Any] | web.Response:
@@ -59,18 +67,14 @@ def queue_permissions(body: dict[str, Any]) -> tuple[list[str] | None, list[str]
 
 
 @routes.get("/api/v1/queues")
+@admin_only
 async def list_queues(request: web.Request) -> web.Response:
-    auth = await require_admin(request)
-    if isinstance(auth, web.Response):
-        return auth
     return web.json_response({"queues": await AppContext.of(request).db.queue_stats()})
 
 
 @routes.put("/api/v1/queues/{name}")
+@admin_only
 async def create_queue(request: web.Request) -> web.Response:
-    auth = await require_admin(request)
-    if isinstance(auth, web.Response):
-        return auth
     name = request.match_info["name"]
     if not NAME_PATTERN.match(name):
         return error(400, "queue names are 1-128 characters: letters, digits and _ . : @ + -")
@@ -79,10 +83,8 @@ async def create_queue(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/v1/queues/{name}")
+@admin_only
 async def delete_queue(request: web.Request) -> web.Response:
-    auth = await require_admin(request)
-    if isinstance(auth, web.Response):
-        return auth
     ctx = AppContext.of(request)
     name = request.match_info["name"]
     deleted = await ctx.db.delete_queue(name)
@@ -111,10 +113,8 @@ async def queue_length(request: web.Request) -> web.Response:
 
 
 @routes.put("/api/v1/users/{username}")
+@admin_only
 async def put_user(request: web.Request) -> web.Response:
-    auth = await require_admin(request)
-    if isinstance(auth, web.Response):
-        return auth
     body = await json_body(request)
     if isinstance(body, web.Response):
         return body
@@ -143,20 +143,16 @@ async def put_user(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/v1/users/{username}")
+@admin_only
 async def delete_user(request: web.Request) -> web.Response:
-    auth = await require_admin(request)
-    if isinstance(auth, web.Response):
-        return auth
     username = request.match_info["username"]
     deleted = await AppContext.of(request).db.delete_account(username)
     return web.json_response({"username": username, "deleted": deleted})
 
 
 @routes.post("/api/v1/tokens")
+@admin_only
 async def create_token(request: web.Request) -> web.Response:
-    auth = await require_admin(request)
-    if isinstance(auth, web.Response):
-        return auth
     body = await json_body(request)
     if isinstance(body, web.Response):
         return body

@@ -19,6 +19,7 @@ from . import protocol as p
 from .auth import can_pull, can_submit, visible_queues
 from .context import AppContext, client_ip, current_account, set_session_cookie
 from .db import Account
+from .storage import new_key
 from .uploads import UploadError, read_submit_form
 
 log = logging.getLogger("xqueue.classic")
@@ -113,7 +114,7 @@ async def submit(request: web.Request) -> web.Response:
         return reply(p.failure(f"Not authorized to submit to queue '{parsed.queue_name}'"))
     stored: dict[str, str] = {}
     for filename, data in form.files.items():
-        key = ctx.new_storage_key()
+        key = new_key()
         await ctx.storage.save(key, data)
         stored[filename] = key
     submission_id, queue_length, superseded = await ctx.db.insert_submission(

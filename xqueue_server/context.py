@@ -15,7 +15,7 @@ from .auth import Authenticator
 from .config import Settings
 from .db import Account, Database
 from .metrics import Metrics
-from .storage import Storage, new_key
+from .storage import Storage
 from .waiters import QueueWaiters
 
 CONTEXT_KEY: web.AppKey[AppContext] = web.AppKey("xqueue_context")
@@ -54,9 +54,6 @@ class AppContext:
 
     def forget_queue(self, name: str) -> None:
         self._queue_cache.pop(name, None)
-
-    def new_storage_key(self) -> str:
-        return new_key()
 
     def public_base_url(self, request: web.Request) -> str:
         if self.settings.public_url:

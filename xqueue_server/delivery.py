@@ -88,8 +88,6 @@ class CallbackDeliverer:
             try:
                 # Invisible long enough for one attempt to finish; a crashed worker's row comes back after.
                 due = await self.db.claim_due_callbacks(free, self.settings.callback_timeout_seconds + 5)
-            except (TimeoutError, OSError) as exc:
-                log.warning("outbox claim failed", extra={"fields": {"error": str(exc)}})
             except Exception as exc:  # database restarts must not kill the worker
                 log.warning("outbox claim failed", extra={"fields": {"error": repr(exc)}})
         for callback in due:
