@@ -10,10 +10,13 @@ import argparse
 import asyncio
 import getpass
 import json
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+import asyncpg
 
 from .app import import_users
 from .auth import digest_secret, hash_password, new_secret
@@ -162,6 +165,9 @@ async def cmd_redeliver(db: Database, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xqueue-admin", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--wait-seconds", type=float, default=0.0, metavar="N",
+                        help="keep retrying for up to N seconds while the database is not reachable yet "
+                             "(for migration and account steps that may start before PostgreSQL)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, func: Callable[[Database, argparse.Namespace], Awaitable[int]], help_text: str) -> Any:
@@ -201,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def run(args: argparse.Namespace, url: str) -> int:
-    db = await Database.connect(url, min_size=1, max_size=2)
+    db = await Database.connect(url, min_size=1, max_size=2, wait_seconds=args.wait_seconds)
     try:
         if args.command != "migrate":
             await db.migrate()
@@ -212,7 +218,13 @@ async def run(args: argparse.Namespace, url: str) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    raise SystemExit(asyncio.run(run(args, database_url())))
+    logging.basicConfig(level=logging.WARNING, format="xqueue-admin: %(message)s")
+    try:
+        code = asyncio.run(run(args, database_url()))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # A clear line for the operator, not a traceback (the URL, which holds the password, is not printed).
+        raise SystemExit(f"xqueue-admin: database error: {type(exc).__name__}: {exc}") from None
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,6 +22,9 @@ import asyncpg
 SQL_DIR = resources.files("xqueue_server") / "sql"
 # A lock id of our own, so concurrent replicas never apply migrations twice.
 MIGRATION_LOCK_ID = 0x58515545  # "XQUE"
+DB_RETRY_SECONDS = 1.0  # pause between connection attempts while waiting for the database
+
+log = logging.getLogger("xqueue_server.db")
 
 
 def load_queries(text: str) -> dict[str, str]:
@@ -108,11 +113,24 @@ class Database:
         self.dsn = dsn
 
     @classmethod
-    async def connect(cls, dsn: str, min_size: int = 2, max_size: int = 20) -> Database:
-        pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, command_timeout=30, reset=_keep_session
-        )
-        return cls(pool, dsn)
+    async def connect(cls, dsn: str, min_size: int = 2, max_size: int = 20, wait_seconds: float = 0.0) -> Database:
+        """Open the pool; with ``wait_seconds``, keep retrying while the database is not up yet.
+
+        Waiting matters in a cluster, where the migration step may start before PostgreSQL accepts
+        connections. Only "not reachable yet" errors are retried; a wrong password fails at once.
+        """
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                pool = await asyncpg.create_pool(
+                    dsn, min_size=min_size, max_size=max_size, command_timeout=30, reset=_keep_session
+                )
+                return cls(pool, dsn)
+            except (OSError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError) as exc:
+                if time.monotonic() + DB_RETRY_SECONDS > deadline:
+                    raise
+                log.warning("database not reachable yet (%s), retrying", type(exc).__name__)
+                await asyncio.sleep(DB_RETRY_SECONDS)
 
     async def close(self) -> None:
         # A connection still held by a cancelled task must not hang shutdown forever.

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import socket
+import socketserver
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -167,3 +173,72 @@ def test_migrate_command_is_idempotent(xqueue: ServerThread) -> None:
     assert result.returncode == 0
     assert "nothing (up to date)" in result.stdout
     assert "schema version: 1" in result.stdout
+
+
+# The test cluster trusts local connections, so any password in the URL works; it must never be printed.
+SECRET_MARKER = "pw-that-must-not-be-logged"
+
+
+def test_migrate_waits_for_a_database_that_comes_up_late(xqueue: ServerThread) -> None:
+    """``--wait-seconds``: the chart's migration step may start before PostgreSQL listens."""
+    real = urlsplit(xqueue.settings.database_url or "")
+    with socket.socket() as probe:  # a port nothing listens on yet
+        probe.bind(("127.0.0.1", 0))
+        late_port = probe.getsockname()[1]
+    late_url = real._replace(netloc=f"{real.username}:{SECRET_MARKER}@127.0.0.1:{late_port}").geturl()
+    cli = subprocess.Popen([sys.executable, "-m", "xqueue_server.cli", "--wait-seconds", "30", "migrate"],
+                           env={**os.environ, "XQUEUE_DATABASE_URL": late_url}, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(2.5)
+    with TcpRelay(late_port, real.hostname or "127.0.0.1", real.port or 5432):
+        out, err = cli.communicate(timeout=60)
+    assert cli.returncode == 0, err
+    assert "database not reachable yet" in err and "schema version: 1" in out
+    assert SECRET_MARKER not in err
+
+
+def test_admin_cli_reports_an_unreachable_database_in_one_line(xqueue: ServerThread) -> None:
+    real = urlsplit(xqueue.settings.database_url or "")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = real._replace(netloc=f"{real.username}:{SECRET_MARKER}@127.0.0.1:{port}").geturl()
+    started = time.monotonic()
+    result = run_admin_cli(url, "--wait-seconds", "2", "migrate")
+    assert result.returncode == 1 and time.monotonic() - started < 30
+    assert "database error: ConnectionRefusedError" in result.stderr and "Traceback" not in result.stderr
+    assert SECRET_MARKER not in result.stderr
+
+
+class TcpRelay:
+    """Forwards 127.0.0.1:listen_port to a target, from the moment the ``with`` block starts."""
+
+    def __init__(self, listen_port: int, host: str, port: int) -> None:
+        target = (host, port)
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                with socket.create_connection(target, timeout=10) as upstream:
+                    socks = [self.request, upstream]
+                    while True:
+                        readable, _, _ = select.select(socks, [], [], 30)
+                        if not readable:
+                            return
+                        for sock in readable:
+                            data = sock.recv(65536)
+                            if not data:
+                                return
+                            (upstream if sock is self.request else self.request).sendall(data)
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", listen_port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> TcpRelay:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
