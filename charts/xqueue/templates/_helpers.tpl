@@ -2,16 +2,19 @@
 {{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* Object name prefix; short enough that "<prefix>-admin-account" fits in 63 characters. */}}
 {{- define "xqueue.fullname" -}}
 {{- if contains .Chart.Name .Release.Name -}}
-{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 
+{{/* "repository:tag" of one image block; the tag defaults to the chart's appVersion. */}}
 {{- define "xqueue.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- $image := index . 0 -}}{{- $root := index . 1 -}}
+{{- printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) -}}
 {{- end -}}
 
 {{- define "xqueue.labels" -}}
@@ -23,18 +26,108 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: xqueue-k8s
 {{- end -}}
 
-{{- define "xqueue.serverSelector" -}}
-app.kubernetes.io/name: {{ include "xqueue.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/component: server
-{{- end -}}
-
-{{- define "xqueue.operatorSelector" -}}
-app.kubernetes.io/name: {{ include "xqueue.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/component: operator
+{{/* Selector labels of one component: include "xqueue.selector" (list . "server") */}}
+{{- define "xqueue.selector" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name: {{ include "xqueue.name" $root }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 
 {{- define "xqueue.serverUrl" -}}
 {{- printf "http://%s-server.%s.svc:%d" (include "xqueue.fullname" .) .Release.Namespace (int .Values.server.port) -}}
+{{- end -}}
+
+{{/* The Secret and key holding the database URL, whichever way it is configured. */}}
+{{- define "xqueue.databaseSecretName" -}}
+{{- if .Values.database.existingSecret -}}
+{{- .Values.database.existingSecret -}}
+{{- else -}}
+{{- printf "%s-database" (include "xqueue.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "xqueue.databaseSecretKey" -}}
+{{- if .Values.database.existingSecret -}}{{ .Values.database.existingSecretKey }}{{- else -}}url{{- end -}}
+{{- end -}}
+
+{{- define "xqueue.databaseUrlEnv" -}}
+- name: XQUEUE_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "xqueue.databaseSecretName" . }}
+      key: {{ include "xqueue.databaseSecretKey" . }}
+{{- end -}}
+
+{{- define "xqueue.adminSecretName" -}}
+{{- default (printf "%s-admin" (include "xqueue.fullname" .)) .Values.admin.existingSecret -}}
+{{- end -}}
+
+{{- define "xqueue.adminPasswordKey" -}}
+{{- if .Values.admin.existingSecret -}}{{ .Values.admin.passwordKey }}{{- else -}}password{{- end -}}
+{{- end -}}
+
+{{/*
+A password that stays the same across upgrades: the value already stored in the named Secret
+(looked up in the cluster), else a new random one. `helm template` cannot look up, so it always
+renders a new one. Call: include "xqueue.keptPassword" (list . "secret-name" "key")
+*/}}
+{{- define "xqueue.keptPassword" -}}
+{{- $root := index . 0 -}}
+{{- $existing := lookup "v1" "Secret" $root.Release.Namespace (index . 1) -}}
+{{- if and $existing $existing.data (hasKey $existing.data (index . 2)) -}}
+{{- index $existing.data (index . 2) | b64dec -}}
+{{- else -}}
+{{- randAlphaNum 32 -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Egress rule to cluster DNS. */}}
+{{- define "xqueue.dnsEgress" -}}
+- to:
+    - namespaceSelector:
+        matchLabels: {kubernetes.io/metadata.name: {{ .Values.clusterDNS.namespace }}}
+      {{- with .Values.clusterDNS.podLabels }}
+      podSelector:
+        matchLabels:
+          {{- toYaml . | nindent 10 }}
+      {{- end }}
+  ports:
+    - {protocol: UDP, port: 53}
+    - {protocol: TCP, port: 53}
+{{- end -}}
+
+{{/* Egress rule to the database: the in-chart PostgreSQL pod, or any address on the configured port. */}}
+{{- define "xqueue.databaseEgress" -}}
+{{- if .Values.postgresql.enabled -}}
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "xqueue.selector" (list . "postgresql") | nindent 10 }}
+  ports:
+    - {protocol: TCP, port: 5432}
+{{- else -}}
+- ports:
+    - {protocol: TCP, port: {{ .Values.networkPolicy.databasePort }}}
+{{- end -}}
+{{- end -}}
+
+{{/* The settings must name exactly one database, and the server's replicas must share its files. */}}
+{{- define "xqueue.validate" -}}
+{{- $choices := 0 -}}
+{{- if .Values.database.existingSecret }}{{ $choices = add1 $choices }}{{ end -}}
+{{- if .Values.database.url }}{{ $choices = add1 $choices }}{{ end -}}
+{{- if .Values.postgresql.enabled }}{{ $choices = add1 $choices }}{{ end -}}
+{{- if and .Values.server.enabled (ne $choices 1) -}}
+{{- fail "\n\nxqueue: choose exactly one database:\n  --set database.existingSecret=NAME   a Secret with the PostgreSQL URL (production)\n  --set database.url=postgresql://...   the URL itself\n  --set postgresql.enabled=true         a small PostgreSQL inside the release, for trying it out\n" -}}
+{{- end -}}
+{{- if and .Values.server.enabled (gt (int .Values.server.replicas) 1) (eq .Values.server.storage.type "local") (not .Values.server.storage.existingClaim) -}}
+{{- fail "\n\nxqueue: server.replicas > 1 needs file storage every replica sees: set server.storage.type=s3, or server.storage.existingClaim to a ReadWriteMany PersistentVolumeClaim\n" -}}
+{{- end -}}
+{{- if and .Values.server.enabled (eq .Values.server.storage.type "s3") (not .Values.server.storage.s3.bucket) -}}
+{{- fail "\n\nxqueue: server.storage.type=s3 needs server.storage.s3.bucket\n" -}}
+{{- end -}}
+{{- if and .Values.operator.enabled (not .Values.server.enabled) (not .Values.operator.xqueueUrl) -}}
+{{- fail "\n\nxqueue: with server.enabled=false, set operator.xqueueUrl to the XQueue server the graders use\n" -}}
+{{- end -}}
 {{- end -}}
