@@ -22,7 +22,6 @@ from tests.cluster.controlplane import ControlPlane
 from tests.cluster.test_operator_harness import (  # noqa: F401 - the *_fixture names are fixtures
     GRADER_IMAGE,
     Rest,
-    TcpProxy,
     condition,
     coursegrader_crd_fixture,
     coursegrader_manifest,
@@ -33,6 +32,7 @@ from tests.cluster.test_operator_harness import (  # noqa: F401 - the *_fixture 
     secret_manifest,
     wait_for,
 )
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.kwok, pytest.mark.slow, pytest.mark.timeout(240)]
 

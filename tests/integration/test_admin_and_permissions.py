@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import socket
-import socketserver
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +15,7 @@ from urllib.parse import urlsplit
 import requests
 
 from tests.integration.clients import GraderClient, LMSClient
+from tests.tcp_proxy import TcpProxy
 from xqueue_server.testing import FakeLMS, ServerThread
 
 
@@ -190,8 +188,11 @@ def test_migrate_waits_for_a_database_that_comes_up_late(xqueue: ServerThread) -
                            env={**os.environ, "XQUEUE_DATABASE_URL": late_url}, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(2.5)
-    with TcpRelay(late_port, real.hostname or "127.0.0.1", real.port or 5432):
+    proxy = TcpProxy(real.hostname or "127.0.0.1", real.port or 5432, listen_port=late_port)
+    try:
         out, err = cli.communicate(timeout=60)
+    finally:
+        proxy.close()
     assert cli.returncode == 0, err
     assert "database not reachable yet" in err and "schema version: 1" in out
     assert SECRET_MARKER not in err
@@ -209,36 +210,3 @@ def test_admin_cli_reports_an_unreachable_database_in_one_line(xqueue: ServerThr
     assert "database error: ConnectionRefusedError" in result.stderr and "Traceback" not in result.stderr
     assert SECRET_MARKER not in result.stderr
 
-
-class TcpRelay:
-    """Forwards 127.0.0.1:listen_port to a target, from the moment the ``with`` block starts."""
-
-    def __init__(self, listen_port: int, host: str, port: int) -> None:
-        target = (host, port)
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                with socket.create_connection(target, timeout=10) as upstream:
-                    socks = [self.request, upstream]
-                    while True:
-                        readable, _, _ = select.select(socks, [], [], 30)
-                        if not readable:
-                            return
-                        for sock in readable:
-                            data = sock.recv(65536)
-                            if not data:
-                                return
-                            (upstream if sock is self.request else self.request).sendall(data)
-
-        socketserver.ThreadingTCPServer.allow_reuse_address = True
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", listen_port), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> TcpRelay:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
