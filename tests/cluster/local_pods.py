@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -69,9 +70,12 @@ class LocalPod:
         return dict(sorted(pairs.items(), key=lambda kv: -len(kv[0])))
 
     def localise(self, text: str, mounts: Mapping[str, Path]) -> str:
-        for mount_path, local in mounts.items():
-            text = text.replace(mount_path, str(local))
-        return text
+        """Rewrite mount paths in one pass (a replaced path may itself lie under /tmp, a mount too)."""
+        if not mounts:
+            return text
+        # Longest first, and only whole path components: /var/run/x must not match /var/run/xy.
+        pattern = re.compile(r"(?<![\w./-])(" + "|".join(re.escape(m) for m in mounts) + r")(?=/|$|[^\w.-])")
+        return pattern.sub(lambda m: str(mounts[m.group(1)]), text)
 
     def environment(self, container: Mapping[str, Any]) -> dict[str, str]:
         mounts = self.mounts(container)
