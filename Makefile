@@ -7,7 +7,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup system-deps k8s-bins run test test-fast lint bench bench-server bench-grader bench-operator clean
+# Container images (`make images`): docker, else podman; IMAGE_REGISTRY/IMAGE_TAG name them.
+CONTAINER_TOOL ?= $(shell command -v docker >/dev/null 2>&1 && echo docker || { command -v podman >/dev/null 2>&1 && echo podman; })
+IMAGE_REGISTRY ?= ghcr.io/xqueue-k8s
+IMAGE_TAG ?= dev
+SERVER_IMAGE = $(IMAGE_REGISTRY)/xqueue-server:$(IMAGE_TAG)
+OPERATOR_IMAGE = $(IMAGE_REGISTRY)/xqueue-operator:$(IMAGE_TAG)
+GRADER_IMAGE = $(IMAGE_REGISTRY)/xqueue-grader:$(IMAGE_TAG)
+GRADER_DEMO_IMAGE = $(IMAGE_REGISTRY)/xqueue-grader-demo:$(IMAGE_TAG)
+
+.PHONY: help setup system-deps k8s-bins run test test-fast lint bench bench-server bench-grader bench-operator clean \
+	images kind kind-up kind-images kind-install kind-demo kind-down
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -30,7 +40,8 @@ run: setup ## run the whole job locally: PostgreSQL, XQueue server, grader daemo
 	$(PY) -m xqueue_server.demo
 
 test: setup k8s-bins ## run every test (the command .ci/run uses)
-	K8S_TEST_BIN_DIR="$$(bash scripts/ensure-k8s-bins.sh --print-dir)" $(PY) -m pytest -q -ra
+	K8S_TEST_BIN_DIR="$$(bash scripts/ensure-k8s-bins.sh --print-dir)" \
+	K8S_TEST_CRD_DIR="$$(bash scripts/ensure-test-crds.sh --print-dir)" $(PY) -m pytest -q -ra
 
 test-fast: setup ## unit and integration tests only (no Kubernetes control plane)
 	$(PY) -m pytest -q -ra -m "not cluster"
@@ -48,6 +59,34 @@ bench-grader: setup ## sandbox overhead and graded submissions/s
 
 bench-operator: setup k8s-bins ## operator: create->status latency, scale reaction, memory at 1000 CourseGraders
 	K8S_TEST_BIN_DIR="$$(bash scripts/ensure-k8s-bins.sh --print-dir)" $(PY) bench/operator_bench.py
+
+images: ## build the server, operator, grader and grader-demo images (docker or podman; IMAGE_REGISTRY, IMAGE_TAG)
+	@if [ -z "$(CONTAINER_TOOL)" ]; then \
+	  echo "make images: neither docker nor podman is on PATH; install one of them (or set CONTAINER_TOOL)" >&2; exit 1; fi
+	$(CONTAINER_TOOL) build -f images/server/Dockerfile -t $(SERVER_IMAGE) .
+	$(CONTAINER_TOOL) build -f images/operator/Dockerfile -t $(OPERATOR_IMAGE) .
+	$(CONTAINER_TOOL) build -f grader_image/Dockerfile --target grader -t $(GRADER_IMAGE) .
+	$(CONTAINER_TOOL) build -f grader_image/Dockerfile --target demo -t $(GRADER_DEMO_IMAGE) .
+
+# The whole system on a local kind cluster (scripts/kind-demo.sh). Needs Docker (or podman) and internet
+# access for the kind node image and the PostgreSQL image, so CI does not run these.
+kind: ## kind-up, kind-images, kind-install and kind-demo in one go (needs Docker or podman + internet)
+	bash scripts/kind-demo.sh all
+
+kind-up: ## create the kind cluster "xqueue" (reused if it exists; kind is built from the Go proxy if missing)
+	bash scripts/kind-demo.sh up
+
+kind-images: ## build the images and load them into the kind cluster
+	bash scripts/kind-demo.sh images
+
+kind-install: ## helm upgrade --install the chart (in-chart PostgreSQL, the local images) into namespace xqueue
+	bash scripts/kind-demo.sh install
+
+kind-demo: ## apply the demo CourseGrader, run the demo submitter Job and print its results
+	bash scripts/kind-demo.sh demo
+
+kind-down: ## delete the kind cluster
+	bash scripts/kind-demo.sh down
 
 clean: ## remove local state (.local holds the throwaway database and files)
 	rm -rf .local

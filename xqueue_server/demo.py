@@ -4,6 +4,10 @@ Starts a throwaway PostgreSQL (under ``.local/``), the XQueue server on 127.0.0.
 daemon for the example course (``examples/course``), and a fake LMS; then submits a correct, an
 incorrect and a broken solution the way the LMS does, waits for the three callbacks and prints the
 results. The stack keeps running for your own submissions until Ctrl-C (``--once`` exits instead).
+
+The submitting and reporting half (``LmsClient``, ``submit_solutions``, ``print_results``,
+``check_results``) is shared with ``cluster_demo`` (the same demo against a server in a cluster), so
+it uses the standard library only: the server image has no ``requests``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import html
+import http.client
+import http.cookiejar
 import json
 import os
 import re
@@ -19,19 +25,22 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from .config import load_settings
 from .local_pg import LocalPostgres
-from .testing import FakeLMS, ServerThread
+from .testing import Callback, FakeLMS, ServerThread
 
 REPO = Path(__file__).resolve().parent.parent
 QUEUE = "demo-course"
 DEMO_PROBLEM = "hello_function"  # examples/course/<problem>/ with its grader and answer.py
+LOGIN_REQUIRED = {"return_code": 1, "content": "login_required"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +55,9 @@ SUBMISSIONS = [
     DemoSubmission("broken", "def hello(name)\n    return name\n"),
 ]
 
+# A graded demo submission: what was sent, and the callback's xqueue_body (None: no callback).
+Result = tuple[DemoSubmission, Any]
+
 
 def readable(msg: str) -> str:
     """A terminal rendering of the grader's HTML message."""
@@ -53,6 +65,133 @@ def readable(msg: str) -> str:
     text = re.sub(r"<[^>]+>", "", text)
     lines = [html.unescape(line).rstrip() for line in text.splitlines()]
     return "\n".join("      " + line for line in lines if line.strip())
+
+
+class LmsClient:
+    """Talks to XQueue like edx-platform's xqueue interface: form POSTs carrying a session cookie,
+    and a login (then one retry) when the server answers ``login_required``."""
+
+    def __init__(self, base_url: str, username: str, password: str, timeout: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.username = username
+        self.password = password
+        self.timeout = timeout
+        # Follows the 302 to /xqueue/login/ like requests does (as a GET, which answers login_required).
+        self._opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+    def post(self, path: str, data: Mapping[str, str]) -> Any:
+        """POST a form; returns the decoded JSON reply. Raises ``urllib.error.URLError`` (an
+        ``OSError``) or ``http.client.HTTPException`` when the server cannot be reached."""
+        request = urllib.request.Request(self.base_url + path, data=urllib.parse.urlencode(data).encode())
+        with self._opener.open(request, timeout=self.timeout) as response:
+            body = response.read()
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise RuntimeError(f"{path}: not a JSON reply: {body[:200]!r}") from None
+
+    def login(self) -> None:
+        reply = self.post("/xqueue/login/", {"username": self.username, "password": self.password})
+        if not isinstance(reply, dict) or reply.get("return_code") != 0:
+            raise RuntimeError(f"login as {self.username!r} failed: {reply}")
+
+    def submit(self, header: Mapping[str, Any], body: Mapping[str, Any]) -> None:
+        data = {"xqueue_header": json.dumps(header), "xqueue_body": json.dumps(body)}
+        for _attempt in range(2):  # like the LMS: log in on login_required, then retry once
+            reply = self.post("/xqueue/submit/", data)
+            if reply == LOGIN_REQUIRED:
+                self.login()
+                continue
+            if not isinstance(reply, dict) or reply.get("return_code") != 0:
+                raise RuntimeError(f"submit failed: {reply.get('content') if isinstance(reply, dict) else reply}")
+            return
+        raise RuntimeError(f"could not log in as {self.username!r}")
+
+
+def submit(client: LmsClient, code: str, callback_url: Callable[[str], str], queue: str = QUEUE) -> str:
+    """Submit one solution of the demo problem the way the LMS does; returns its ``lms_key``.
+
+    ``callback_url(key)`` is the LMS URL the server calls back with the grade.
+    """
+    key = uuid.uuid4().hex
+    header = {"lms_callback_url": callback_url(key), "lms_key": key, "queue_name": queue}
+    body = {
+        "grader_payload": json.dumps({"grader": f"{DEMO_PROBLEM}/grade_{DEMO_PROBLEM}.py"}),
+        "student_info": json.dumps({"anonymous_student_id": "demo-student", "submission_time": "20261125000000",
+                                    "random_seed": 1}),
+        "student_response": code,
+    }
+    client.submit(header, body)
+    return key
+
+
+def _retryable(exc: Exception) -> bool:
+    """Connection trouble (the server may still be starting), not an answer of the server."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code >= 500
+    return isinstance(exc, OSError | http.client.HTTPException)
+
+
+def submit_solutions(client: LmsClient, callback_url: Callable[[str], str], queue: str = QUEUE,
+                     retry_seconds: float = 0.0) -> dict[str, DemoSubmission]:
+    """Submit ``SUBMISSIONS`` in order; returns ``{lms_key: submission}``.
+
+    Connection errors and 5xx answers are retried every 2 s for up to ``retry_seconds`` in total
+    (a fresh key per attempt, so a submission that did arrive is simply never awaited).
+    """
+    deadline = time.monotonic() + retry_seconds
+    keys: dict[str, DemoSubmission] = {}
+    for item in SUBMISSIONS:
+        while True:
+            try:
+                keys[submit(client, item.code, callback_url, queue)] = item
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                if not _retryable(exc) or time.monotonic() + 2 > deadline:
+                    raise
+                print(f"  XQueue at {client.base_url} not reachable yet ({exc}); retrying in 2 s", flush=True)
+                time.sleep(2)
+        time.sleep(0.05)  # distinct callback URLs, but keep arrival order readable
+    return keys
+
+
+def wait_for_results(lms: FakeLMS, keys: Mapping[str, DemoSubmission], timeout: float) -> list[Result]:
+    """Wait up to ``timeout`` s for a callback per key; results in submission order (body None: none came)."""
+    try:
+        lms.wait_for(lambda cbs: {c.xqueue_header.get("lms_key") for c in cbs} >= set(keys), timeout=timeout)
+    except TimeoutError:
+        pass
+    by_key: dict[str, Callback] = {}
+    for callback in list(lms.callbacks):
+        by_key.setdefault(str(callback.xqueue_header.get("lms_key")), callback)
+    return [(item, by_key[key].xqueue_body if key in by_key else None) for key, item in keys.items()]
+
+
+def print_results(results: Sequence[Result]) -> None:
+    for item, body in results:
+        if isinstance(body, dict):
+            print(f"  [{item.label}] score={body.get('score')} correct={body.get('correct')}")
+            print(readable(str(body.get("msg", ""))))
+        else:
+            print(f"  [{item.label}] no grade received" + (f": {body!r}" if body is not None else ""))
+        print()
+
+
+def check_results(results: Sequence[Result]) -> list[str]:
+    """What is wrong with the graded demo: [] when the correct solution scored 1 (correct=True) and
+    the incorrect and broken ones were graded not correct."""
+    problems = []
+    for item, body in results:
+        if not isinstance(body, dict):
+            problems.append(f"{item.label}: no grade received")
+            continue
+        correct, score = body.get("correct"), body.get("score")
+        if item.label == "correct":
+            if correct is not True or not isinstance(score, int | float) or score != 1:
+                problems.append(f"correct: expected score=1 correct=True, got score={score} correct={correct}")
+        elif correct is not False:
+            problems.append(f"{item.label}: expected correct=False, got correct={correct}")
+    return problems
 
 
 def grader_command() -> list[str]:
@@ -72,28 +211,6 @@ def start_grader(server: ServerThread, grader_root: Path, state: Path) -> subpro
     }
     log = open(state / "grader.log", "ab")
     return subprocess.Popen(grader_command(), env=env, stdout=log, stderr=log, cwd=REPO)
-
-
-def submit(lms_session: requests.Session, server: ServerThread, lms: FakeLMS, code: str) -> str:
-    key = uuid.uuid4().hex
-    header = {"lms_callback_url": lms.callback_url(key), "lms_key": key, "queue_name": QUEUE}
-    body = {
-        "grader_payload": json.dumps({"grader": f"{DEMO_PROBLEM}/grade_{DEMO_PROBLEM}.py"}),
-        "student_info": json.dumps({"anonymous_student_id": "demo-student", "submission_time": "20261125000000",
-                                    "random_seed": 1}),
-        "student_response": code,
-    }
-    data = {"xqueue_header": json.dumps(header), "xqueue_body": json.dumps(body)}
-    for _attempt in range(2):  # like the LMS: log in on login_required, then retry once
-        reply = lms_session.post(f"{server.url}/xqueue/submit/", data=data, timeout=10).json()
-        if reply == {"return_code": 1, "content": "login_required"}:
-            lms_session.post(f"{server.url}/xqueue/login/",
-                             data={"username": server.lms.username, "password": server.lms.password}, timeout=10)
-            continue
-        if reply["return_code"] != 0:
-            raise RuntimeError(f"submit failed: {reply['content']}")
-        return key
-    raise RuntimeError("could not log in as the LMS")
 
 
 def run_demo(once: bool, port: int) -> int:
@@ -117,19 +234,14 @@ def run_demo(once: bool, port: int) -> int:
         grader_root = REPO / "examples" / "course"
         grader = start_grader(server, grader_root, state)
         print(f"grader daemon ................. pid {grader.pid}, course {grader_root}, log {state / 'grader.log'}")
-        session = requests.Session()
-        keys = {}
-        for item in SUBMISSIONS:
-            keys[submit(session, server, lms, item.code)] = item
-            time.sleep(0.05)  # distinct callback URLs, but keep arrival order readable
+        client = LmsClient(server.url, server.lms.username, server.lms.password)
+        keys = submit_solutions(client, lms.callback_url)
         print(f"\nsubmitted {len(keys)} solutions to problem '{DEMO_PROBLEM}' the way the LMS does; waiting...\n")
-        callbacks = lms.wait_for(lambda cbs: {c.xqueue_header["lms_key"] for c in cbs} >= set(keys), timeout=60)
-        by_key = {c.xqueue_header["lms_key"]: c for c in callbacks}
-        for key, item in keys.items():
-            body: Any = by_key[key].xqueue_body
-            print(f"  [{item.label}] score={body['score']} correct={body['correct']}")
-            print(readable(body["msg"]))
-            print()
+        results = wait_for_results(lms, keys, timeout=60)
+        print_results(results)
+        if any(body is None for _item, body in results):
+            print("not every solution was graded within 60 s; see the grader log", file=sys.stderr)
+            return 1
         if once:
             return 0
         body_file = state / "example_body.json"

@@ -2,7 +2,7 @@
 
 - ``ServerThread``: the real XQueue app on 127.0.0.1 in a background thread with its own event loop,
   so callers can use blocking clients (``requests``, like the LMS and xqueue-watcher) or their own loop.
-- ``FakeLMS``: a real aiohttp server on 127.0.0.1 that receives callbacks like the LMS's
+- ``FakeLMS``: a real aiohttp server (127.0.0.1 by default) that receives callbacks like the LMS's
   ``xqueue_callback`` view, records them, and can be told to fail.
 - ``create_database``: a fresh database in a running PostgreSQL cluster, so servers are isolated.
 """
@@ -135,10 +135,16 @@ class FakeLMS:
     """Receives XQueue callbacks at ``{url}/<anything>`` like edx-platform's xqueue_callback view.
 
     ``status`` (or ``responder``) decides the HTTP status to answer, so tests can take the LMS down.
+    ``host``/``port`` are where it listens (127.0.0.1, a free port); ``advertise_host`` is the address
+    put into ``url`` and callback URLs when that differs, e.g. the pod IP when listening on 0.0.0.0.
     """
 
-    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None, *, host: str = "127.0.0.1", port: int = 0,
+                 advertise_host: str | None = None) -> None:
         self.ssl_context = ssl_context
+        self.host = host
+        self.port = port
+        self.advertise_host = advertise_host or host
         self.callbacks: list[Callback] = []
         self.attempts = 0
         self.status = 200
@@ -175,10 +181,11 @@ class FakeLMS:
         # A short shutdown timeout: a test may leave a deliberately slow request hanging.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{port}"
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        host = f"[{self.advertise_host}]" if ":" in self.advertise_host else self.advertise_host  # IPv6 literal
+        self.url = f"{'https' if self.ssl_context else 'http'}://{host}:{self.port}"
 
     def callback_url(self, name: str) -> str:
         return f"{self.url}/courses/demo/xqueue/1/{name}/score_update"
