@@ -30,7 +30,7 @@ EXTERNAL_DB = ["--set", "database.existingSecret=xqueue-db"]
 
 # The chart README's setups, by name. Keep the two in step.
 OPTION_SETS: dict[str, list[str]] = {
-    "try-it (in-chart PostgreSQL)": ["--set", "postgresql.enabled=true"],
+    "defaults (in-chart PostgreSQL)": [],
     "external database Secret": EXTERNAL_DB,
     "database URL in values": ["--set", "database.url=postgresql://xq:pw@db.example.org:5432/xqueue"],
     "HA with S3": [*EXTERNAL_DB, "--set", "server.replicas=3", "--set", "server.storage.type=s3",
@@ -39,7 +39,7 @@ OPTION_SETS: dict[str, list[str]] = {
     "HA with a shared claim": [*EXTERNAL_DB, "--set", "server.replicas=2",
                                "--set", "server.storage.existingClaim=xqueue-files"],
     "locked down (NetworkPolicies, monitoring)": [
-        "--set", "postgresql.enabled=true", "--set", "networkPolicy.enabled=true",
+        "--set", "networkPolicy.enabled=true",
         "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.graderPodMonitor.enabled=true"],
     "operator for some namespaces": [*EXTERNAL_DB, "--set", "operator.watchNamespaces={course-a,course-b}",
                                      "--set", "admin.existingSecret=xqueue-admin"],
@@ -94,11 +94,18 @@ def monitoring_crds(kube: ControlPlane) -> None:
         kube.kubectl("wait", "--for=condition=Established", f"crd/{name}.monitoring.coreos.com", "--timeout=60s")
 
 
-def test_default_values_ask_for_a_database(kube: ControlPlane) -> None:
-    message = render_error(kube)
-    assert "choose exactly one database" in message and "postgresql.enabled=true" in message
-    both = render_error(kube, "--set", "postgresql.enabled=true", *EXTERNAL_DB)
-    assert "choose exactly one database" in both
+def test_an_external_database_replaces_the_in_chart_postgresql(kube: ControlPlane) -> None:
+    assert by_kind(render(kube, "xq"), "StatefulSet"), "the defaults run their own PostgreSQL"
+    for setup in ("external database Secret", "database URL in values"):
+        docs = render(kube, "xq", *OPTION_SETS[setup])
+        assert not by_kind(docs, "StatefulSet") and not any("postgresql" in d["metadata"]["name"] for d in docs)
+        server = named(docs, "Deployment", "-server")["spec"]["template"]["spec"]["containers"][0]
+        url = next(e for e in server["env"] if e["name"] == "XQUEUE_DATABASE_URL")["valueFrom"]["secretKeyRef"]
+        assert url == ({"name": "xqueue-db", "key": "url"} if "Secret" in setup else {"name": "rel-xqueue-database",
+                                                                                        "key": "url"})
+    message = render_error(kube, "--set", "postgresql.enabled=false")
+    assert "postgresql.enabled=false needs an external database" in message and "database.existingSecret" in message
+    assert "not both" in render_error(kube, *EXTERNAL_DB, "--set", "database.url=postgresql://h/db")
 
 
 @pytest.mark.parametrize("values, expected", [
@@ -114,7 +121,7 @@ def test_default_values_ask_for_a_database(kube: ControlPlane) -> None:
 ])
 def test_schema_rejects_invalid_values_with_a_clear_message(kube: ControlPlane, values: list[str],
                                                             expected: str) -> None:
-    message = render_error(kube, "--set", "postgresql.enabled=true", *values)
+    message = render_error(kube, *values)
     assert "don't meet the specifications of the schema" in message and expected in message, message
 
 
@@ -173,7 +180,7 @@ def assert_wiring(docs: list[dict[str, Any]], values: list[str]) -> None:
 
 
 def test_in_chart_postgresql_and_the_server_agree_on_the_database(kube: ControlPlane) -> None:
-    docs = render(kube, "xq", "--set", "postgresql.enabled=true")
+    docs = render(kube, "xq")
     url_text = base64.b64decode(named(docs, "Secret", "-database")["data"]["url"]).decode()
     password = base64.b64decode(named(docs, "Secret", "-postgresql")["data"]["password"]).decode()
     service = named(docs, "Service", "-postgresql")["metadata"]["name"]

@@ -212,8 +212,8 @@ def test_install_with_in_chart_postgresql_keeps_its_password(kube: ControlPlane,
     release, ns = f"xq{uuid.uuid4().hex[:6]}", kube_namespace
     fullname = f"{release}-xqueue"
     try:
-        kube.helm("install", release, str(CHART), "-n", ns, "--set", "postgresql.enabled=true",
-                  "--set", "postgresql.persistence.enabled=false", "--set", "operator.enabled=false",
+        kube.helm("install", release, str(CHART), "-n", ns, "--set", "postgresql.persistence.enabled=false",
+                  "--set", "operator.enabled=false",
                   "--wait", "--wait-for-jobs", "--timeout", "120s")
         sts = workload(kube, ns, "statefulset", f"{fullname}-postgresql")
         assert sts["status"].get("readyReplicas") == 1

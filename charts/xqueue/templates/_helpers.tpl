@@ -38,6 +38,14 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- printf "http://%s-server.%s.svc:%d" (include "xqueue.fullname" .) .Release.Namespace (int .Values.server.port) -}}
 {{- end -}}
 
+{{/*
+"true" when the release runs its own PostgreSQL: postgresql.enabled (the default) and no external
+database configured. Setting database.existingSecret or database.url is enough to switch it off.
+*/}}
+{{- define "xqueue.inChartPostgresql" -}}
+{{- if and .Values.server.enabled .Values.postgresql.enabled (not .Values.database.existingSecret) (not .Values.database.url) -}}true{{- end -}}
+{{- end -}}
+
 {{/* The Secret and key holding the database URL, whichever way it is configured. */}}
 {{- define "xqueue.databaseSecretName" -}}
 {{- if .Values.database.existingSecret -}}
@@ -99,7 +107,7 @@ renders a new one. Call: include "xqueue.keptPassword" (list . "secret-name" "ke
 
 {{/* Egress rule to the database: the in-chart PostgreSQL pod, or any address on the configured port. */}}
 {{- define "xqueue.databaseEgress" -}}
-{{- if .Values.postgresql.enabled -}}
+{{- if include "xqueue.inChartPostgresql" . -}}
 - to:
     - podSelector:
         matchLabels:
@@ -112,14 +120,13 @@ renders a new one. Call: include "xqueue.keptPassword" (list . "secret-name" "ke
 {{- end -}}
 {{- end -}}
 
-{{/* The settings must name exactly one database, and the server's replicas must share its files. */}}
+{{/* The settings must name one database, and the server's replicas must share its files. */}}
 {{- define "xqueue.validate" -}}
-{{- $choices := 0 -}}
-{{- if .Values.database.existingSecret }}{{ $choices = add1 $choices }}{{ end -}}
-{{- if .Values.database.url }}{{ $choices = add1 $choices }}{{ end -}}
-{{- if .Values.postgresql.enabled }}{{ $choices = add1 $choices }}{{ end -}}
-{{- if and .Values.server.enabled (ne $choices 1) -}}
-{{- fail "\n\nxqueue: choose exactly one database:\n  --set database.existingSecret=NAME   a Secret with the PostgreSQL URL (production)\n  --set database.url=postgresql://...   the URL itself\n  --set postgresql.enabled=true         a small PostgreSQL inside the release, for trying it out\n" -}}
+{{- if and .Values.server.enabled .Values.database.existingSecret .Values.database.url -}}
+{{- fail "\n\nxqueue: set database.existingSecret or database.url, not both\n" -}}
+{{- end -}}
+{{- if and .Values.server.enabled (not .Values.postgresql.enabled) (not .Values.database.existingSecret) (not .Values.database.url) -}}
+{{- fail "\n\nxqueue: postgresql.enabled=false needs an external database:\n  --set database.existingSecret=NAME   a Secret with the PostgreSQL URL (production)\n  --set database.url=postgresql://...   the URL itself\n" -}}
 {{- end -}}
 {{- if and .Values.server.enabled (gt (int .Values.server.replicas) 1) (eq .Values.server.storage.type "local") (not .Values.server.storage.existingClaim) -}}
 {{- fail "\n\nxqueue: server.replicas > 1 needs file storage every replica sees: set server.storage.type=s3, or server.storage.existingClaim to a ReadWriteMany PersistentVolumeClaim\n" -}}
