@@ -6,7 +6,8 @@ a container's command runs from this checkout's virtualenv with the environment 
 give it: ``value`` and ``secretKeyRef``/``configMapKeyRef`` entries resolved through the API
 server, ``envFrom`` likewise, and Secret/ConfigMap/emptyDir volumes materialised under a temporary
 directory, with mount paths in arguments and values rewritten to those directories. Network
-settings a test must keep on 127.0.0.1 are passed as overrides.
+settings a test must keep on 127.0.0.1 are passed as overrides (environment) or as ``addresses``
+(cluster URLs in arguments and values mapped to loopback ones: a stand-in for cluster DNS).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class LocalPod:
         self.namespace = namespace
         self.spec = pod_spec
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)  # the working directory, also for pods without volumes
         self.volumes: dict[str, Path] = {}
         for volume in pod_spec.get("volumes", []):
             self.volumes[volume["name"]] = self._materialise(volume)
@@ -108,12 +110,18 @@ class LocalPod:
         return argv
 
     def popen(self, name: str, *, init: bool = False, overrides: Mapping[str, str] | None = None,
-              log: Path | None = None) -> subprocess.Popen[str]:
+              addresses: Mapping[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[str]:
         container = self.container(name, init=init)
+
+        def route(text: str) -> str:
+            for cluster_url, local_url in (addresses or {}).items():
+                text = text.replace(cluster_url, local_url)
+            return text
+
         env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                "HOME": str(self.root), "PYTHONUNBUFFERED": "1",
-               **self.environment(container), **(overrides or {})}
-        argv = self.argv(container)
+               **{k: route(v) for k, v in self.environment(container).items()}, **(overrides or {})}
+        argv = [route(a) for a in self.argv(container)]
         found = shutil.which(argv[0], path=env["PATH"])
         assert found, f"{argv[0]} (the command of container {name}) is not installed"
         out = open(log, "w") if log else subprocess.PIPE
@@ -121,7 +129,7 @@ class LocalPod:
                                 stdout=out, stderr=subprocess.STDOUT)
 
     def run(self, name: str, *, init: bool = False, overrides: Mapping[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        proc = self.popen(name, init=init, overrides=overrides)
+            addresses: Mapping[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        proc = self.popen(name, init=init, overrides=overrides, addresses=addresses)
         out, _ = proc.communicate(timeout=timeout)
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")

@@ -47,6 +47,9 @@ OPTION_SETS: dict[str, list[str]] = {
         "--set", "server.enabled=false", "--set", "operator.xqueueUrl=https://xqueue.example.org",
         "--set", "admin.existingSecret=xqueue-admin", "--set", "networkPolicy.enabled=true"],
     "server only": [*EXTERNAL_DB, "--set", "operator.enabled=false", "--set", "server.usersSecret=lms-accounts"],
+    "LMS outside the cluster (Ingress with TLS)": [
+        *EXTERNAL_DB, "--set", "server.ingress.enabled=true", "--set", "server.ingress.host=xqueue.example.org",
+        "--set", "server.ingress.tlsSecret=xqueue-tls"],
 }
 
 KINDS_WITH_PODS = ("Deployment", "StatefulSet", "Job")
@@ -118,6 +121,7 @@ def test_an_external_database_replaces_the_in_chart_postgresql(kube: ControlPlan
     (["--set", "database.url=mysql://db/xqueue"], "at '/database/url'"),
     (["--set", "metrics.serviceMonitor.interval=often"], "at '/metrics/serviceMonitor/interval'"),
     (["--set", "server.logLevel=LOUD"], "at '/server/logLevel'"),
+    (["--set", "server.ingress.enabled=true"], "at '/server/ingress/host': minLength"),
 ])
 def test_schema_rejects_invalid_values_with_a_clear_message(kube: ControlPlane, values: list[str],
                                                             expected: str) -> None:

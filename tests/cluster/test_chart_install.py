@@ -123,13 +123,21 @@ def test_install_runs_the_system_and_reconciles_the_example_coursegrader(
 
         # --- the admin-account hook Job (helm deleted it after kwok "completed" it; its manifest stays).
         hooks = [d for d in yaml.safe_load_all(kube.helm("get", "hooks", release, "-n", ns).stdout) if d]
-        admin_job = next(d for d in hooks if d["kind"] == "Job")
+        admin_job = next(d for d in hooks if d["metadata"]["name"] == f"{fullname}-admin-account")
         job_pod = LocalPod(kube, ns, admin_job["spec"]["template"]["spec"], tmp_path / "admin-job")
         created = job_pod.run("create-admin")
         assert created.returncode == 0, created.stdout
         assert admin_password not in created.stdout
         queues = http.get(f"{server_url}/api/v1/queues", auth=("coursegrader-operator", admin_password), timeout=10)
         assert queues.status_code == 200, queues.text
+
+        # --- `helm test`: kwok "runs" the test Job; its command runs here against the real server.
+        assert "Phase:          Succeeded" in kube.helm("test", release, "-n", ns, "--timeout", "60s").stdout
+        test_job = next(d for d in hooks if d["metadata"]["name"] == f"{fullname}-test-server")
+        service_url = f"http://{fullname}-server.{ns}.svc:18040"
+        probe = LocalPod(kube, ns, test_job["spec"]["template"]["spec"], tmp_path / "helm-test").run(
+            "readyz", addresses={service_url: server_url})
+        assert probe.returncode == 0 and "/readyz 200" in probe.stdout, probe.stdout
 
         # --- the operator pod, with the chart's ServiceAccount and nothing else.
         operator_pod = LocalPod(kube, ns, workload(kube, ns, "deployment", f"{fullname}-operator")["spec"]
