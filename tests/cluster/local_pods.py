@@ -48,18 +48,16 @@ class LocalPod:
     def _materialise(self, volume: Mapping[str, Any]) -> Path:
         path = self.root / "volumes" / volume["name"]
         path.mkdir(parents=True)
-        source = volume.get("secret") and ("secret", volume["secret"]["secretName"], volume["secret"])
-        source = source or (volume.get("configMap") and ("configmap", volume["configMap"]["name"],
-                                                         volume["configMap"]))
-        if source:
-            kind, name, spec = source
-            data = self._object_data(kind, name)
-            items = spec.get("items") or [{"key": k, "path": k} for k in data]
-            for item in items:
-                target = path / item["path"]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(data[item["key"]])
-        # emptyDir and persistentVolumeClaim: an empty directory is what the container sees first.
+        if "secret" in volume:
+            spec, data = volume["secret"], self._object_data("secret", volume["secret"]["secretName"])
+        elif "configMap" in volume:
+            spec, data = volume["configMap"], self._object_data("configmap", volume["configMap"]["name"])
+        else:  # emptyDir and persistentVolumeClaim: an empty directory is what the container sees first
+            return path
+        for item in spec.get("items") or [{"key": k, "path": k} for k in data]:
+            target = path / item["path"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(data[item["key"]])
         return path
 
     def container(self, name: str, *, init: bool = False) -> dict[str, Any]:

@@ -159,7 +159,7 @@ def test_documented_setup_lints_renders_and_passes_server_side_validation(
 def assert_wiring(docs: list[dict[str, Any]], values: list[str]) -> None:
     """What holds in every setup: Secrets the pods read exist (or are the user's), pods are locked down."""
     own_secrets = {d["metadata"]["name"] for d in by_kind(docs, "Secret")}
-    users_secrets = {v.split("=", 1)[1] for v in values if "Secret=" in v or "usersSecret=" in v}
+    users_secrets = {v.split("=", 1)[1] for v in values if "Secret=" in v}  # also usersSecret=
     for name, spec in pod_specs(docs):
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         for container in [*spec.get("initContainers", []), *spec["containers"]]:
