@@ -98,10 +98,9 @@ async def queue_length(request: web.Request) -> web.Response:
     if account is None:
         return error(401, "authentication required")
     name = request.match_info["name"]
-    if not can_pull(account, name):
-        return error(403, f"not allowed to read queue '{name}'")
     db = AppContext.of(request).db
-    stats = await db.queue_stats(name)
+    # A queue the caller may not read answers exactly like a missing one.
+    stats = await db.queue_stats(name) if can_pull(account, name) else []
     if not stats:
         return error(404, f"Queue '{name}' not found")
     row = stats[0]

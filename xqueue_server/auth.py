@@ -61,6 +61,11 @@ def can_submit(account: Account, queue_name: str) -> bool:
     return account.is_admin or account.submit_queues is None or queue_name in account.submit_queues
 
 
+def pull_scope(account: Account) -> tuple[str, ...] | None:
+    """The queues whose submissions an account may touch (pull, answer); None = every queue."""
+    return None if account.is_admin else account.pull_queues
+
+
 def visible_queues(account: Account, names: list[str]) -> list[str]:
     """Queue names an account may learn about (upstream shows all of them to everyone)."""
     if account.is_admin or (account.pull_queues is None and account.submit_queues is None):

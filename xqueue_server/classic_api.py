@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from . import protocol as p
-from .auth import can_pull, can_submit, visible_queues
+from .auth import can_pull, can_submit, pull_scope, visible_queues
 from .context import AppContext, client_ip, current_account, set_session_cookie
 from .db import Account
 from .storage import new_key
@@ -108,10 +108,9 @@ async def submit(request: web.Request) -> web.Response:
         log.error("Invalid queue submission from LMS", extra={"fields": {
             "lms_ip": client_ip(request), "reason": exc.message}})
         return reply(p.failure(exc.message))
-    if not await ctx.queue_exists(parsed.queue_name):
+    # A queue the caller may not use answers exactly like a missing one (nothing learnt by probing).
+    if not can_submit(account, parsed.queue_name) or not await ctx.queue_exists(parsed.queue_name):
         return reply(p.failure(p.queue_not_found(parsed.queue_name)))
-    if not can_submit(account, parsed.queue_name):
-        return reply(p.failure(f"Not authorized to submit to queue '{parsed.queue_name}'"))
     stored: dict[str, str] = {}
     for filename, data in form.files.items():
         key = new_key()
@@ -149,7 +148,7 @@ async def get_queuelen(request: web.Request) -> web.Response:
     if isinstance(call, web.Response):
         return call
     ctx, account, queue_name = call
-    if not await ctx.queue_exists(queue_name) or not (can_pull(account, queue_name) or can_submit(account, queue_name)):
+    if not (can_pull(account, queue_name) or can_submit(account, queue_name)) or not await ctx.queue_exists(queue_name):
         names = visible_queues(account, await ctx.db.list_queue_names())
         return reply(p.failure(p.valid_queue_names(names)))
     return reply(p.success(await ctx.db.queue_length(queue_name)))
@@ -166,10 +165,8 @@ async def get_submission(request: web.Request) -> web.Response:
         bulk = p.parse_positive_number(request.query.get("max"), "max", ctx.settings.bulk_max)
     except p.ProtocolError as exc:
         return reply(p.failure(exc.message))
-    if not await ctx.queue_exists(queue_name):
-        return reply(p.failure(p.queue_not_found(queue_name)))
-    if not can_pull(account, queue_name):
-        return reply(p.failure(f"Not authorized to pull from queue '{queue_name}'"))
+    if not can_pull(account, queue_name) or not await ctx.queue_exists(queue_name):
+        return reply(p.failure(p.queue_not_found(queue_name)))  # forbidden answers like unknown
     if bulk is not None and (bulk < 1 or bulk != int(bulk)):
         return reply(p.failure("parameter 'max' must be a whole number of at least 1"))
     limit = int(bulk) if bulk is not None else 1
@@ -223,18 +220,20 @@ async def put_result(request: web.Request) -> web.Response:
             return reply(p.failure(exc.message))
         if len(items) > ctx.settings.bulk_max:
             return reply(p.failure(f"{p.INCORRECT_REPLY_FORMAT}: at most {ctx.settings.bulk_max} results per call"))
-        outcomes = [await _record_one(ctx, header, body) for header, body in items]
+        outcomes = [await _record_one(ctx, account, header, body) for header, body in items]
         return reply(p.success(outcomes))
-    return reply(await _record_one(ctx, form.get("xqueue_header"), form.get("xqueue_body")))
+    return reply(await _record_one(ctx, account, form.get("xqueue_header"), form.get("xqueue_body")))
 
 
-async def _record_one(ctx: AppContext, header: Any, body: Any) -> dict[str, Any]:
+async def _record_one(ctx: AppContext, account: Account, header: Any, body: Any) -> dict[str, Any]:
     try:
         parsed = p.parse_reply(header, body)
     except p.ProtocolError as exc:
         ctx.metrics.results.labels("invalid").inc()
         return p.failure(exc.message)
-    outcome = await ctx.db.record_result(parsed.submission_id, parsed.submission_key, parsed.xqueue_body)
+    # Only submissions of queues the caller may pull exist for it: a foreign one answers like a missing one.
+    outcome = await ctx.db.record_result(parsed.submission_id, parsed.submission_key, parsed.xqueue_body,
+                                         pull_scope(account))
     ctx.metrics.results.labels(outcome).inc()
     if outcome in ("recorded", "duplicate"):
         log.info("result recorded", extra={"fields": {"submission_id": parsed.submission_id, "outcome": outcome}})

@@ -73,6 +73,7 @@ class DueCallback:
     submission_id: int | None
     kind: str
     url: str
+    host: str  # "host:port" of url: deliveries are bounded per host
     xqueue_header: str
     xqueue_body: str
     attempts: int
@@ -242,13 +243,19 @@ class Database:
             for r in sorted(rows, key=lambda r: r["id"])
         ]
 
-    async def record_result(self, submission_id: int, pullkey: str, body: str) -> str:
-        """Store a grader reply. Returns 'recorded', 'duplicate', 'missing' or 'bad_key'."""
+    async def record_result(
+        self, submission_id: int, pullkey: str, body: str, queues: Sequence[str] | None = None
+    ) -> str:
+        """Store a grader reply. Returns 'recorded', 'duplicate', 'missing' or 'bad_key'.
+
+        ``queues`` limits the submissions the caller may answer (None: any); one in another queue is
+        'missing', so callers cannot tell a foreign submission from a non-existent one."""
+        scope = None if queues is None else list(queues)
         async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(QUERIES["record_result"], submission_id, pullkey, body)
+            row = await conn.fetchrow(QUERIES["record_result"], submission_id, pullkey, body, scope)
             if row["recorded"]:
                 return "recorded"
-            current = await conn.fetchrow(QUERIES["submission_key_state"], submission_id)
+            current = await conn.fetchrow(QUERIES["submission_key_state"], submission_id, scope)
         if current is None:
             return "missing"
         if current["pullkey"] == pullkey and current["state"] in ("answered", "delivered"):
@@ -265,8 +272,13 @@ class Database:
         return [(r["id"], json.loads(r["files"]) if isinstance(r["files"], str) else r["files"]) for r in rows]
 
     # ------------------------------------------------------------------ callbacks (outbox)
-    async def claim_due_callbacks(self, limit: int, invisible_seconds: float) -> list[DueCallback]:
-        rows = await self.pool.fetch(QUERIES["claim_due_callbacks"], limit, float(invisible_seconds))
+    async def claim_due_callbacks(
+        self, limit: int, invisible_seconds: float, in_flight: dict[str, int], per_host: int
+    ) -> list[DueCallback]:
+        """Up to ``limit`` due callbacks, at most ``per_host`` per host counting ``in_flight`` ones."""
+        hosts = list(in_flight)
+        rows = await self.pool.fetch(QUERIES["claim_due_callbacks"], limit, float(invisible_seconds), hosts,
+                                     [in_flight[h] for h in hosts], per_host)
         return [DueCallback(**dict(r)) for r in rows]
 
     async def mark_callback_delivered(self, callback_id: int) -> None:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,7 +17,10 @@ import requests
 
 from tests.integration.clients import GraderClient, LMSClient
 from tests.tcp_proxy import TcpProxy
+from xqueue_server.db import migration_files
 from xqueue_server.testing import FakeLMS, ServerThread
+
+LATEST_SCHEMA = migration_files()[-1][0]
 
 
 def admin(server: ServerThread) -> requests.Session:
@@ -66,11 +70,12 @@ def test_grader_account_limited_to_its_queue(xqueue: ServerThread, fake_lms: Fak
     lms.submit("course-y", fake_lms.callback_url("y"))
     grader = GraderClient(xqueue, "grader-x", "secret-password-x")
     assert grader.pull("course-x") is not None
+    # A queue it may not pull answers exactly like one that does not exist.
     denied = grader.get_submission("course-y")
-    assert denied == {"return_code": 1, "content": "Not authorized to pull from queue 'course-y'"}
+    assert denied == {"return_code": 1, "content": "Queue 'course-y' not found"}
     # It may not submit anywhere, and only learns about the queues it may use.
     code, content = LMSClient(xqueue, "grader-x", "secret-password-x").submit("course-x", fake_lms.callback_url("z"))[1]
-    assert (code, content) == (1, "Not authorized to submit to queue 'course-x'")
+    assert (code, content) == (1, "Queue 'course-x' not found")
     assert grader.queue_length("nope")["content"] == "Valid queue names are: course-x"
     # The operator's queue-length endpoint is open to the course's grader account.
     own = requests.get(f"{xqueue.url}/api/v1/queues/course-x/length", auth=("grader-x", "secret-password-x"),
@@ -78,7 +83,7 @@ def test_grader_account_limited_to_its_queue(xqueue: ServerThread, fake_lms: Fak
     assert own.status_code == 200
     other = requests.get(f"{xqueue.url}/api/v1/queues/course-y/length", auth=("grader-x", "secret-password-x"),
                          timeout=10)
-    assert other.status_code == 403
+    assert (other.status_code, other.json()) == (404, {"error": "Queue 'course-y' not found"})
 
 
 def test_scoped_bearer_token(xqueue: ServerThread, fake_lms: FakeLMS) -> None:
@@ -95,10 +100,71 @@ def test_scoped_bearer_token(xqueue: ServerThread, fake_lms: FakeLMS) -> None:
     assert pulled["return_code"] == 0
     denied = requests.get(f"{xqueue.url}/xqueue/get_submission/", params={"queue_name": "test-pull"},
                           headers=headers, allow_redirects=False, timeout=10).json()
-    assert denied["content"] == "Not authorized to pull from queue 'test-pull'"
+    assert denied == {"return_code": 1, "content": "Queue 'test-pull' not found"}
     wrong = requests.get(f"{xqueue.url}/xqueue/get_queuelen/", params={"queue_name": "course-t"},
                          headers={"Authorization": "Bearer nope"}, allow_redirects=False, timeout=10)
     assert wrong.status_code == 302
+
+
+def _restricted_grader(server: ServerThread, pull: list[str]) -> tuple[str, str]:
+    username, password = f"g-{uuid.uuid4().hex[:8]}", "restricted-password"
+    created = admin(server).put(f"{server.url}/api/v1/users/{username}", json={
+        "password": password, "pull_queues": pull, "submit_queues": []}, timeout=10)
+    assert created.status_code == 201, created.text
+    return username, password
+
+
+def _fresh_queues(server: ServerThread, count: int) -> list[str]:
+    names = [f"authz-{uuid.uuid4().hex[:8]}" for _ in range(count)]
+    for name in names:
+        assert admin(server).put(f"{server.url}/api/v1/queues/{name}", timeout=10).status_code == 201
+    return names
+
+
+def test_put_result_needs_the_right_to_pull_the_submissions_queue(xqueue: ServerThread, fake_lms: FakeLMS) -> None:
+    """Holding a valid id and key is not enough: a submission of a queue the caller may not pull is
+    answered exactly like a missing one, single and bulk, for accounts and for scoped tokens."""
+    own, foreign = _fresh_queues(xqueue, 2)
+    lms = LMSClient(xqueue)
+    lms.submit(foreign, fake_lms.callback_url("foreign"))
+    pulled = GraderClient(xqueue).pull(foreign)  # the unrestricted grader holds the lease and key
+    assert pulled is not None
+    header = pulled["xqueue_header"]
+    missing_header = json.dumps({"submission_id": 2**62, "submission_key": json.loads(header)["submission_key"]})
+    username, password = _restricted_grader(xqueue, [own])
+    token = admin(xqueue).post(f"{xqueue.url}/api/v1/tokens", json={"username": "grader", "pull_queues": [own]},
+                               timeout=10).json()["token"]
+    as_account = GraderClient(xqueue, username, password)
+    token_session = requests.Session()
+    token_session.headers["Authorization"] = f"Bearer {token}"
+    for session in (as_account.session, token_session):
+        replies = []
+        for h in (header, missing_header):
+            single = session.post(f"{xqueue.url}/xqueue/put_result/", data={"xqueue_header": h, "xqueue_body": "{}"},
+                                  allow_redirects=False, timeout=10)
+            bulk = session.post(f"{xqueue.url}/xqueue/put_result/", data={"results": json.dumps(
+                [{"xqueue_header": h, "xqueue_body": "{}"}])}, allow_redirects=False, timeout=10)
+            assert single.status_code == bulk.status_code == 200
+            replies.append((single.json(), bulk.json()["content"][0]))
+        foreign_reply, missing_reply = replies
+        assert foreign_reply == missing_reply == ({"return_code": 1, "content": "Submission does not exist"},) * 2
+    # Nothing was recorded: the grader that really pulled it still answers it, and the LMS gets its grade.
+    assert GraderClient(xqueue).put_result(header, {"correct": True, "score": 1, "msg": "ok"})["return_code"] == 0
+    assert fake_lms.wait_for(lambda cbs: any(c.path.endswith("/foreign/score_update") for c in cbs))
+
+
+def test_a_forbidden_queue_answers_like_an_unknown_one(xqueue: ServerThread, fake_lms: FakeLMS) -> None:
+    own, forbidden = _fresh_queues(xqueue, 2)
+    unknown = f"authz-{uuid.uuid4().hex[:8]}"
+    username, password = _restricted_grader(xqueue, [own])
+    grader = GraderClient(xqueue, username, password)
+    lms_account = LMSClient(xqueue, username, password)
+    for name in (forbidden, unknown):
+        assert grader.get_submission(name) == {"return_code": 1, "content": f"Queue '{name}' not found"}
+        assert grader.queue_length(name) == {"return_code": 1, "content": f"Valid queue names are: {own}"}
+        assert lms_account.submit(name, fake_lms.callback_url("n"))[1] == (1, f"Queue '{name}' not found")
+        length = requests.get(f"{xqueue.url}/api/v1/queues/{name}/length", auth=(username, password), timeout=10)
+        assert (length.status_code, length.json()) == (404, {"error": f"Queue '{name}' not found"})
 
 
 def test_admin_api_rejects_bad_bodies(xqueue: ServerThread) -> None:
@@ -170,7 +236,7 @@ def test_migrate_command_is_idempotent(xqueue: ServerThread) -> None:
     result = run_admin_cli(xqueue.settings.database_url or "", "migrate")
     assert result.returncode == 0
     assert "nothing (up to date)" in result.stdout
-    assert "schema version: 1" in result.stdout
+    assert f"schema version: {LATEST_SCHEMA}" in result.stdout
 
 
 # The test cluster trusts local connections, so any password in the URL works; it must never be printed.
@@ -194,7 +260,7 @@ def test_migrate_waits_for_a_database_that_comes_up_late(xqueue: ServerThread) -
     finally:
         proxy.close()
     assert cli.returncode == 0, err
-    assert "database not reachable yet" in err and "schema version: 1" in out
+    assert "database not reachable yet" in err and f"schema version: {LATEST_SCHEMA}" in out
     assert SECRET_MARKER not in err
 
 

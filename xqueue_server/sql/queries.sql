@@ -87,11 +87,11 @@ RETURNING s.id, s.pullkey, s.xqueue_body, s.files, next.pull_count > 0 AS was_ex
 
 -- name: record_result
 -- Fencing: only the key of the latest pull is accepted. The reply and its callback are stored in one
--- statement, so a stored result always has its outbox row.
+-- statement, so a stored result always has its outbox row. $4: the queues the caller may pull (NULL: all).
 WITH answered AS (
     UPDATE submissions
        SET state = 'answered', return_time = now(), grader_reply = $3, lease_expires_at = NULL
-     WHERE id = $1 AND pullkey = $2 AND state = 'pending'
+     WHERE id = $1 AND pullkey = $2 AND state = 'pending' AND ($4::text[] IS NULL OR queue_name = ANY($4::text[]))
     RETURNING id, lms_callback_url, xqueue_header
 ), queued AS (
     INSERT INTO callbacks (submission_id, kind, url, xqueue_header, xqueue_body)
@@ -102,7 +102,8 @@ SELECT (SELECT count(*) FROM queued) AS recorded,
        (SELECT count(*) FROM (SELECT pg_notify('xqueue_callbacks', '') FROM queued) n) AS notified;
 
 -- name: submission_key_state
-SELECT state, pullkey FROM submissions WHERE id = $1;
+-- A submission outside the caller's queues ($2, NULL: all) is not found, exactly like a missing one.
+SELECT state, pullkey FROM submissions WHERE id = $1 AND ($2::text[] IS NULL OR queue_name = ANY($2::text[]));
 
 -- name: retire_poison_submissions
 -- A submission pulled max_pulls times without a result is retired and the LMS gets upstream's
@@ -124,20 +125,40 @@ SELECT p.id, p.queue_name, (SELECT count(*) FROM queued) AS queued,
 FROM poisoned p;
 
 -- name: claim_due_callbacks
--- Each claimed callback becomes invisible for $2 seconds, so a crashed worker's attempt is retried
--- by any replica; attempts counts tries.
-WITH due AS (
-    SELECT id FROM callbacks
-     WHERE state = 'pending' AND next_attempt_at <= now()
-     ORDER BY next_attempt_at
+-- Fair claim: each LMS host (callbacks.host) gets at most $5 deliveries in flight in this process,
+-- of which it already has $4[i] for host $3[i]. Hosts with pending rows are listed by a loose index
+-- scan and each host's oldest due rows are taken on their own, so neither a host with a large
+-- backlog nor one that hangs can take every slot, and a saturated host's rows are not claimed at all
+-- (no attempt is spent on them). Each claimed callback becomes invisible for $2 seconds, so a crashed
+-- worker's attempt is retried by any replica; attempts counts tries.
+WITH RECURSIVE hosts AS (
+    (SELECT host FROM callbacks WHERE state = 'pending' ORDER BY host LIMIT 1)
+    UNION ALL
+    SELECT (SELECT c.host FROM callbacks c WHERE c.state = 'pending' AND c.host > h.host
+             ORDER BY c.host LIMIT 1)
+      FROM hosts h WHERE h.host IS NOT NULL
+), busy AS (
+    SELECT * FROM unnest($3::text[], $4::int[]) AS b(host, in_flight)
+), due AS (
+    SELECT picked.id, picked.next_attempt_at
+      FROM hosts h
+      LEFT JOIN busy b ON b.host = h.host
+      CROSS JOIN LATERAL (
+          SELECT c.id, c.next_attempt_at FROM callbacks c
+           WHERE c.state = 'pending' AND c.host = h.host AND c.next_attempt_at <= now()
+           ORDER BY c.next_attempt_at
+           LIMIT greatest($5 - coalesce(b.in_flight, 0), 0)
+           FOR UPDATE SKIP LOCKED
+      ) picked
+     WHERE h.host IS NOT NULL
+     ORDER BY picked.next_attempt_at
      LIMIT $1
-     FOR UPDATE SKIP LOCKED
 )
 UPDATE callbacks c
    SET attempts = c.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
   FROM due
  WHERE c.id = due.id
-RETURNING c.id, c.submission_id, c.kind, c.url, c.xqueue_header, c.xqueue_body, c.attempts,
+RETURNING c.id, c.submission_id, c.kind, c.url, c.host, c.xqueue_header, c.xqueue_body, c.attempts,
           extract(epoch FROM now() - c.created_at)::float8 AS age_seconds;
 
 -- name: mark_callback_delivered
