@@ -43,6 +43,10 @@ class Settings:
     callback_backoff_base_seconds: float = 1.0
     callback_backoff_max_seconds: float = 600.0
     callback_concurrency: int = 32
+    # Fairness: one LMS that hangs may hold at most this many of the slots above (per process).
+    callback_per_host_concurrency: int = 4
+    # A host that does not answer the TCP handshake fails fast; callback_timeout_seconds bounds the rest.
+    callback_connect_timeout_seconds: float = 3.0
     callback_verify_tls: bool = True
     callback_basic_auth: str | None = None  # "user:password" sent to the LMS (upstream REQUESTS_BASIC_AUTH)
 
@@ -160,5 +164,9 @@ def validate(settings: Settings) -> None:
         raise ConfigError("XQUEUE_LEASE_SECONDS must be positive")
     if settings.max_pulls < 1:
         raise ConfigError("XQUEUE_MAX_PULLS must be at least 1")
+    if settings.callback_per_host_concurrency < 1:
+        raise ConfigError("XQUEUE_CALLBACK_PER_HOST_CONCURRENCY must be at least 1")
+    if settings.callback_connect_timeout_seconds <= 0:
+        raise ConfigError("XQUEUE_CALLBACK_CONNECT_TIMEOUT_SECONDS must be positive")
     if settings.log_format not in ("json", "text"):
         raise ConfigError("XQUEUE_LOG_FORMAT must be 'json' or 'text'")

@@ -4,6 +4,12 @@
 backoff and jitter until the LMS answers HTTP 200 or the horizon passes (then the row is
 dead-lettered, visible in ``xqueue-admin dead-letters`` and in metrics). Any number of server
 replicas can run it: rows are claimed with SKIP LOCKED and stay invisible while being tried.
+
+Fairness: several LMSes may share one server. Each LMS host (host:port of the callback URL) has at
+most ``callback_per_host_concurrency`` deliveries in flight per process, and the claim skips hosts
+that are at their bound, so an LMS that accepts connections and never answers holds a few slots
+(its rows back off after each timed-out attempt) while every other LMS keeps its callbacks flowing.
+A host that does not complete the TCP handshake fails after the short connect timeout.
 """
 
 from __future__ import annotations
@@ -46,8 +52,8 @@ class CallbackDeliverer:
         self.settings = settings
         self.metrics = metrics
         self.wakeup = asyncio.Event()
-        self._slots = asyncio.Semaphore(settings.callback_concurrency)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], str] = {}  # in-flight delivery -> its host
+        self._per_host: dict[str, int] = {}  # host -> deliveries in flight
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
 
@@ -66,14 +72,18 @@ class CallbackDeliverer:
             auth = aiohttp.BasicAuth(user, password)
         connector = aiohttp.TCPConnector(limit=self.settings.callback_concurrency * 2,
                                          ssl=None if self.settings.callback_verify_tls else False)
-        timeout = aiohttp.ClientTimeout(total=self.settings.callback_timeout_seconds)
+        # The connect timeout is separate and short: a host that never completes the handshake must not
+        # hold a slot for the whole attempt timeout.
+        timeout = aiohttp.ClientTimeout(total=self.settings.callback_timeout_seconds,
+                                        sock_connect=self.settings.callback_connect_timeout_seconds,
+                                        sock_read=self.settings.callback_timeout_seconds)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout, auth=auth) as session:
             self._session = session
             try:
                 while not self._stopping:
                     await self._run_once()
                 if self._tasks:
-                    await asyncio.wait(self._tasks, timeout=self.settings.callback_timeout_seconds)
+                    await asyncio.wait(list(self._tasks), timeout=self.settings.callback_timeout_seconds)
             finally:
                 for task in list(self._tasks):
                     task.cancel()
@@ -87,13 +97,17 @@ class CallbackDeliverer:
         if free > 0:
             try:
                 # Invisible long enough for one attempt to finish; a crashed worker's row comes back after.
-                due = await self.db.claim_due_callbacks(free, self.settings.callback_timeout_seconds + 5)
+                due = await self.db.claim_due_callbacks(
+                    free, self.settings.callback_timeout_seconds + 5, dict(self._per_host),
+                    self.settings.callback_per_host_concurrency)
             except Exception as exc:  # database restarts must not kill the worker
                 log.warning("outbox claim failed", extra={"fields": {"error": repr(exc)}})
         for callback in due:
             task = asyncio.create_task(self._deliver(callback))
-            self._tasks.add(task)
+            self._tasks[task] = callback.host
+            self._per_host[callback.host] = self._per_host.get(callback.host, 0) + 1
             task.add_done_callback(self._task_done)
+        self._report_saturation()
         if (len(due) == free and free > 0) or self._stopping:
             return  # there may be more due right now
         try:
@@ -102,8 +116,19 @@ class CallbackDeliverer:
             pass
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        host = self._tasks.pop(task, None)
+        if host is not None:
+            left = self._per_host.get(host, 1) - 1
+            if left > 0:
+                self._per_host[host] = left
+            else:
+                self._per_host.pop(host, None)
+        self._report_saturation()
         self.wakeup.set()  # a slot is free again
+
+    def _report_saturation(self) -> None:
+        limit = self.settings.callback_per_host_concurrency
+        self.metrics.callback_hosts_saturated.set(sum(1 for n in self._per_host.values() if n >= limit))
 
     async def _deliver(self, callback: DueCallback) -> None:
         assert self._session is not None

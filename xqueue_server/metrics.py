@@ -55,3 +55,7 @@ class Metrics:
                                     registry=r)
         self.callback_oldest_age = Gauge("xqueue_callback_oldest_pending_age_seconds",
                                          "Age of the oldest undelivered callback", registry=r)
+        self.callback_hosts_saturated = Gauge(
+            "xqueue_callback_hosts_saturated",
+            "LMS hosts using all their delivery slots (XQUEUE_CALLBACK_PER_HOST_CONCURRENCY): slow or hung",
+            registry=r)
