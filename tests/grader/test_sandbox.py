@@ -129,14 +129,21 @@ async def test_concurrent_runs_are_independent(sandbox_pool: SandboxPool) -> Non
 async def test_run_dir_cleanup_survives_hostile_permissions(sandbox_pool: SandboxPool) -> None:
     result = await script(sandbox_pool, """
         import os
-        os.makedirs("a/b/c")
-        open("a/b/c/f", "w").write("x")
-        os.chmod("a/b/c", 0)
-        os.chmod("a/b", 0o100)
-        os.chmod("a", 0)
+        # chmod is denied, but mkdir's mode still makes directories that cannot be listed.
+        os.mkdir("a", 0o300)
+        os.mkdir("a/b", 0o700)
+        os.mkdir("a/b/c", 0o300)
+        open("a/b/f", "w").write("x")
+        open("a/b/c/g", "w").write("x")
+        try:
+            os.chmod("a", 0)
+            print("CHMOD")
+        except PermissionError:
+            pass
         print(os.getcwd())
     """)
-    assert result.status == "ok"
+    assert result.status == "ok", result
+    assert "CHMOD" not in result.stdout
     assert not exists(result.stdout.strip())
 
 

@@ -56,6 +56,10 @@ class RunResult:
     cleanup_ms: float = 0.0
     total_ms: float = 0.0
     detail: str = ""
+    # Set when the zygote refused the job before running anything (its scratch directory or its
+    # inherited limits are damaged): the pool replaces the zygote and runs the job again.
+    unusable: str | None = None
+    zygote_pid: int | None = None
 
     @classmethod
     def from_reply(cls, reply: dict[str, Any], total_ms: float) -> RunResult:
@@ -90,6 +94,8 @@ class RunResult:
             setup_ms=float(reply.get("setup_ms", 0.0)),
             cleanup_ms=float(reply.get("cleanup_ms", 0.0)),
             total_ms=total_ms,
+            detail=str(reply.get("unusable") or ""),
+            unusable=str(reply["unusable"]) if reply.get("unusable") else None,
         )
 
 
@@ -105,8 +111,18 @@ class SandboxSettings:
     require_landlock: bool = False
     max_restarts_per_minute: int = 5
     start_timeout: float = 60.0
-    # Layers to leave off ("landlock", "seccomp"): only for tests proving each layer on its own.
+    # Layers to leave off ("landlock", "seccomp", "ipc_namespace"): only for tests proving each
+    # layer on its own.
     disable: tuple[str, ...] = ()
+
+
+# The self-test: the smallest job that needs every part of the machinery (supervisor, run
+# directory, sandboxed child, output capture).
+SELF_TEST_JOB = {"mode": "script", "code": "print('self-test ok')"}
+SELF_TEST_OUTPUT = "self-test ok\n"
+SELF_TEST_LIMITS = Limits(cpu_seconds=5, wall_seconds=10)
+# Runs ending like this say nothing about the submission but something about the sandbox.
+SANDBOX_FAILURES = ("sandbox_error", "setup_failed")
 
 
 class SandboxPool:
@@ -121,6 +137,12 @@ class SandboxPool:
         self._restarts: deque[float] = deque()
         self._start_lock = asyncio.Lock()
         self._closed = False
+        # Health as seen by the runs: when the sandbox last worked, since when it has not.
+        self.last_success: float | None = None
+        self.failing_since: float | None = None
+        self.last_problem: str | None = None
+        self.replacements = 0
+        self._check_task: asyncio.Task[bool] | None = None
 
     @property
     def healthy(self) -> bool:
@@ -139,6 +161,32 @@ class SandboxPool:
     def zygote_pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def scratch(self) -> str | None:
+        return self._scratch
+
+    @property
+    def usable(self) -> bool:
+        """Running, and the last run or self-test did not fail for reasons of the sandbox."""
+        return self.healthy and self.failing_since is None
+
+    def failing_for(self, now: float | None = None) -> float:
+        """Seconds since the sandbox stopped working (0 while it works)."""
+        if self.failing_since is None:
+            return 0.0
+        return max(0.0, (time.monotonic() if now is None else now) - self.failing_since)
+
+    def _record(self, ok: bool, problem: str | None = None) -> None:
+        now = time.monotonic()
+        if ok:
+            self.last_success = now
+            self.failing_since = None
+            self.last_problem = None
+        else:
+            if self.failing_since is None:
+                self.failing_since = now
+            self.last_problem = problem
+
     async def start(self) -> dict[str, Any]:
         async with self._start_lock:
             if not self.healthy:
@@ -147,6 +195,9 @@ class SandboxPool:
 
     async def _spawn(self) -> None:
         self._discard_zygote()
+        # Every zygote gets a fresh scratch directory: whatever happened to the previous one
+        # (permissions changed, filled up, left-overs) cannot reach the runs of the new one.
+        self._drop_scratch()
         settings = self.settings
         run_as: tuple[int, int] | None = None
         if os.geteuid() == 0:
@@ -154,7 +205,10 @@ class SandboxPool:
             if uid == 0:
                 raise SandboxUnavailable("refusing to run student code as root (sandbox_uid is 0)")
             run_as = (uid, settings.sandbox_gid if settings.sandbox_gid is not None else uid)
-        self._proc, parent_sock = self._start_process(run_as)
+        try:
+            self._proc, parent_sock = self._start_process(run_as)
+        except OSError as exc:
+            raise SandboxUnavailable(f"sandbox zygote cannot be started: {exc!r}") from exc
         parent_sock.setblocking(False)
         self._ctl = parent_sock
         loop = asyncio.get_running_loop()
@@ -182,7 +236,10 @@ class SandboxPool:
         if self._scratch is None:
             self._scratch = tempfile.mkdtemp(prefix="xqgrader-", dir=settings.scratch_root)
             if run_as:
-                os.chown(self._scratch, *run_as)
+                # Owned by root, writable for the sandbox's group: supervisors create run
+                # directories in it, but no process of the sandbox uid can chmod or chown it.
+                os.chown(self._scratch, 0, run_as[1])
+                os.chmod(self._scratch, 0o770)
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         args = {
             "ctl_fd": child_sock.fileno(),
@@ -234,21 +291,48 @@ class SandboxPool:
                 self._proc.wait(timeout=5)
         self._proc = None
 
+    def _drop_scratch(self) -> None:
+        if self._scratch is None:
+            return
+        remove_tree(self._scratch)
+        if os.path.lexists(self._scratch):
+            log.error("could not remove an old scratch directory", extra={"fields": {"path": self._scratch}})
+        self._scratch = None
+
+    def _count_restart(self, what: str) -> None:
+        now = time.monotonic()
+        while self._restarts and now - self._restarts[0] > 60:
+            self._restarts.popleft()
+        if len(self._restarts) >= self.settings.max_restarts_per_minute:
+            raise SandboxUnavailable(f"sandbox zygote {what}; not restarting it again this minute")
+        self._restarts.append(now)
+
     async def _ensure_running(self) -> None:
         if self.healthy:
             return
         if self._closed:
             raise SandboxUnavailable("sandbox pool is closed")
-        now = time.monotonic()
-        while self._restarts and now - self._restarts[0] > 60:
-            self._restarts.popleft()
-        if len(self._restarts) >= self.settings.max_restarts_per_minute:
-            raise SandboxUnavailable("sandbox zygote keeps dying; not restarting it this minute")
-        self._restarts.append(now)
+        self._count_restart("keeps dying")
         log.warning("sandbox zygote is not running; starting it again")
         async with self._start_lock:
             if not self.healthy:
                 await self._spawn()
+
+    async def replace(self, reason: str, only_if: int | None = None) -> None:
+        """Throw the zygote and its scratch directory away and start afresh (bounded per minute).
+
+        ``only_if``: the zygote found broken; when another caller has replaced it meanwhile,
+        nothing is done (concurrent runs that met the same broken zygote replace it once).
+        """
+        if self._closed:
+            raise SandboxUnavailable("sandbox pool is closed")
+        async with self._start_lock:
+            if only_if is not None and self.healthy and self.zygote_pid != only_if:
+                return
+            self._count_restart("keeps breaking")
+            self.replacements += 1
+            log.warning("replacing the sandbox zygote", extra={"fields": {"reason": reason[:300]}})
+            await self._spawn()
 
     async def _send_fd(self, fd: int) -> None:
         """Hand one end of a run's socketpair to the zygote (bounded retries on a full buffer)."""
@@ -266,6 +350,55 @@ class SandboxPool:
 
     async def run(self, job: dict[str, Any], limits: Limits) -> RunResult:
         """Run one job; never raises for anything the job does (only for a broken pool)."""
+        try:
+            result = await self._run_once(job, limits)
+            if result.unusable:
+                # The zygote refused before running anything: replace it, then run the job
+                # once more, so this submission is graded as if nothing had happened.
+                await self.replace(result.unusable, only_if=result.zygote_pid)
+                result = await self._run_once(job, limits)
+        except SandboxUnavailable as exc:
+            self._record(False, str(exc))
+            raise
+        if result.status in SANDBOX_FAILURES or result.unusable:
+            self._record(False, result.detail or result.status)
+            self._check_soon()
+        else:
+            self._record(True)
+        return result
+
+    async def self_test(self) -> bool:
+        """Run the self-test job; on failure replace the zygote and try once more.
+
+        Returns whether the sandbox works now (and records it for health reporting).
+        """
+        for attempt in range(2):
+            try:
+                result = await self._run_once(dict(SELF_TEST_JOB), SELF_TEST_LIMITS)
+            except SandboxUnavailable as exc:
+                self._record(False, str(exc))
+                return False
+            if result.status == "ok" and result.stdout == SELF_TEST_OUTPUT:
+                self._record(True)
+                return True
+            problem = result.unusable or result.detail or f"self-test ended {result.status}"
+            self._record(False, problem)
+            if attempt == 0:
+                try:
+                    await self.replace(problem, only_if=result.zygote_pid)
+                except SandboxUnavailable as exc:
+                    self._record(False, str(exc))
+                    return False
+        return False
+
+    def _check_soon(self) -> None:
+        """After a run failed for reasons of the sandbox, find out (in the background) whether
+        the next one would too, and repair the pool if so."""
+        if self._closed or (self._check_task is not None and not self._check_task.done()):
+            return
+        self._check_task = asyncio.get_running_loop().create_task(self.self_test())
+
+    async def _run_once(self, job: dict[str, Any], limits: Limits) -> RunResult:
         started = time.monotonic()
         await self._ensure_running()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -279,9 +412,11 @@ class SandboxPool:
                 await self._send_fd(theirs.fileno())
         except OSError as exc:
             ours.close()
-            return RunResult(status="sandbox_error", detail=f"cannot reach the zygote: {exc!r}")
+            return RunResult(status="sandbox_error", detail=f"cannot reach the zygote: {exc!r}",
+                             zygote_pid=self.zygote_pid)
         finally:
             theirs.close()
+        zygote = self.zygote_pid
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         supervisor_pid = None
         try:
@@ -300,15 +435,22 @@ class SandboxPool:
                 status="sandbox_error",
                 detail=f"supervisor failed: {exc!r}",
                 total_ms=(time.monotonic() - started) * 1000,
+                zygote_pid=zygote,
             )
         finally:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
-        return RunResult.from_reply(reply, (time.monotonic() - started) * 1000)
+        result = RunResult.from_reply(reply, (time.monotonic() - started) * 1000)
+        result.zygote_pid = zygote
+        return result
 
     async def close(self) -> None:
         self._closed = True
+        if self._check_task is not None and not self._check_task.done():
+            self._check_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._check_task
         proc = self._proc
         if self._ctl is not None:
             with contextlib.suppress(OSError):

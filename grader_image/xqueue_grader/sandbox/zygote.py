@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xqueue_grader.runtime import harness
-from xqueue_grader.sandbox import landlock, prctl, seccomp, wire
+from xqueue_grader.sandbox import landlock, namespaces, prctl, procstate, seccomp, wire
 from xqueue_grader.sandbox.limits import Limits, apply_rlimits
 
 RUNTIME_DIR = os.path.dirname(os.path.abspath(harness.__file__))
@@ -98,6 +98,10 @@ class ZygoteConfig:
     paths: SandboxPaths = field(default_factory=SandboxPaths)
     landlock_rules: list[landlock.PathRule] = field(default_factory=list)
     seccomp_filter: seccomp.CompiledFilter | None = None
+    # A private user + IPC namespace per run (where the kernel allows it).
+    ipc_namespace: bool = False
+    # The zygote's own limits and priorities once set up: supervisors compare before each run.
+    baseline: dict[str, Any] = field(default_factory=dict)
 
 
 def _inside(path: str, parent: str) -> bool:
@@ -250,6 +254,9 @@ def dir_usage(path: str, max_entries: int = 20000) -> tuple[int, int]:
 def enter_sandbox(cfg: ZygoteConfig, limits: Limits, run_dir: str) -> None:
     """Apply every layer, in an order where each step is still allowed by the previous ones."""
     prctl.set_no_new_privs()
+    if cfg.ipc_namespace:
+        # First: the seccomp filter forbids creating namespaces.
+        namespaces.unshare_ipc()
     if cfg.landlock_abi > 0:
         landlock.restrict_with(cfg.landlock_abi, cfg.landlock_rules, [run_dir])
     elif cfg.require_landlock:
@@ -261,7 +268,7 @@ def enter_sandbox(cfg: ZygoteConfig, limits: Limits, run_dir: str) -> None:
     elif cfg.seccomp_filter is not None:
         # Without Landlock signal scoping, the filter itself must also protect this run's
         # supervisor, whose pid is only known now (building it costs a few milliseconds).
-        seccomp.install([*cfg.protected_pids, os.getppid()])
+        seccomp.install([*cfg.protected_pids, os.getppid()], deny_path_truncate=cfg.landlock_abi < 3)
     elif cfg.require_seccomp:
         raise RuntimeError("seccomp is required but not available")
 
@@ -358,9 +365,20 @@ def supervise(cfg: ZygoteConfig, conn_fd: int) -> int:
     started = time.monotonic()
     job = request["job"]
     limits = Limits.from_dict(request.get("limits") or {})
-    # The supervisor's pid in the name lets the zygote clean up after a supervisor that died.
-    run_dir = tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=cfg.scratch)
-    os.mkdir(os.path.join(run_dir, "tmp"), 0o700)
+    problem = unusable_reason(cfg)
+    run_dir = ""
+    if problem is None:
+        try:
+            # The supervisor's pid in the name lets the zygote clean up after a supervisor that died.
+            run_dir = tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=cfg.scratch)
+            os.mkdir(os.path.join(run_dir, "tmp"), 0o700)
+        except OSError as exc:
+            problem = f"scratch directory unusable: {exc.strerror or exc}"
+    if problem is not None:
+        # Nothing ran: the pool replaces this zygote and runs the job again in a fresh one.
+        wire.send_frame(conn, {"status": "sandbox_error", "unusable": problem})
+        conn.close()
+        return 0
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     res_r, res_w = os.pipe()
@@ -424,6 +442,20 @@ def supervise(cfg: ZygoteConfig, conn_fd: int) -> int:
     wire.send_frame(conn, reply)
     conn.close()
     return 0
+
+
+def unusable_reason(cfg: ZygoteConfig) -> str | None:
+    """Why runs forked from this zygote would not get the sandbox they are owed, if they would not.
+
+    Another process of our uid may have lowered the zygote's limits, raised its nice value or
+    pinned its CPUs (the seccomp filter forbids it to student code, but not everything has one):
+    every supervisor inherits that state, so it is checked here, before any student code runs.
+    """
+    if cfg.baseline:
+        changed = procstate.differences(cfg.baseline, procstate.snapshot())
+        if changed:
+            return "zygote state changed: " + ", ".join(changed)
+    return None
 
 
 def collect(child: int, run_dir: str, limits: Limits, captures: dict[int, Capture], results: Capture,
@@ -502,6 +534,7 @@ def probe(cfg: ZygoteConfig) -> dict[str, Any]:
     """Apply the real sandbox in a throwaway child and check that it actually blocks things."""
     run_dir = tempfile.mkdtemp(prefix="probe-", dir=cfg.scratch)
     read_fd, write_fd = os.pipe()
+    own_ipc = _ipc_namespace_id()
     pid = os.fork()
     if pid == 0:
         report: dict[str, Any] = {}
@@ -516,6 +549,8 @@ def probe(cfg: ZygoteConfig) -> dict[str, Any]:
                 report["scratch_hidden"] = False
             except OSError:
                 report["scratch_hidden"] = True
+            report["denied"] = _probe_denials(run_dir)
+            report["own_ipc_namespace"] = own_ipc is not None and _ipc_namespace_id() not in (None, own_ipc)
         except BaseException as exc:
             report["setup"] = f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(Exception):
@@ -555,6 +590,59 @@ def _probe_network() -> str:
         sock.close()
 
 
+def _denied(call: Any) -> bool:
+    """True when ``call`` fails with EPERM (what the seccomp filter answers)."""
+    try:
+        call()
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _try_shared_memory() -> None:
+    """Create (and at once remove) a SysV shared memory segment."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ipc_private, ipc_creat, ipc_rmid = 0, 0o1000, 0
+    segment = libc.shmget(ipc_private, 4096, ipc_creat | 0o600)
+    if segment == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    libc.shmctl(segment, ipc_rmid, None)
+
+
+def _probe_denials(run_dir: str) -> dict[str, bool]:
+    """Each class of same-uid interference, tried harmlessly from inside the sandbox.
+
+    Every attempt would change nothing even if it succeeded: the zygote's nice value and limits
+    are set to what they already are, the probe's own directory keeps its mode.
+    """
+    parent = os.getppid()
+    nice = os.getpriority(os.PRIO_PROCESS, parent)
+    return {
+        "unix_socket": _denied(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).close()),
+        "netlink_socket": _denied(lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW).close()),
+        "datagram_socketpair": _denied(lambda: [s.close() for s in socket.socketpair(
+            socket.AF_UNIX, socket.SOCK_DGRAM)]),
+        "sysv_ipc": _denied(_try_shared_memory),
+        # Reading only: the filter refuses any other pid, whether or not a new limit is given.
+        "prlimit_other": _denied(lambda: resource.prlimit(parent, resource.RLIMIT_NOFILE)),
+        "setpriority_other": _denied(lambda: os.setpriority(os.PRIO_PROCESS, parent, nice)),
+        "chmod": _denied(lambda: os.chmod(run_dir, 0o700)),
+        "utime": _denied(lambda: os.utime(run_dir)),
+    }
+
+
+def _ipc_namespace_id() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/ipc").st_ino
+    except OSError:
+        return None
+
+
 def preload(names: list[str]) -> list[str]:
     """Import the modules every run may need; returns the ones that failed."""
     sys.path.insert(0, LEGACY_DIR)
@@ -567,22 +655,32 @@ def preload(names: list[str]) -> list[str]:
     return failed
 
 
+def _compile_seccomp(cfg: ZygoteConfig) -> None:
+    cfg.seccomp_filter = None
+    if seccomp.available() and "seccomp" not in cfg.disable:
+        try:
+            cfg.seccomp_filter = seccomp.compile_filter(cfg.protected_pids,
+                                                        deny_path_truncate=cfg.landlock_abi < 3)
+        except (OSError, RuntimeError, ValueError):
+            cfg.seccomp_filter = None
+
+
 def detect_features(cfg: ZygoteConfig) -> dict[str, Any]:
     cfg.landlock_abi = 0 if "landlock" in cfg.disable else landlock.abi_version()
     if cfg.landlock_abi > 0:
         cfg.landlock_rules = landlock.open_rules(
             cfg.landlock_abi, cfg.paths.read_dirs, cfg.paths.read_files, cfg.paths.rw_files
         )
-    cfg.seccomp_filter = None
-    if seccomp.available() and "seccomp" not in cfg.disable:
-        try:
-            cfg.seccomp_filter = seccomp.compile_filter(cfg.protected_pids)
-        except (OSError, RuntimeError, ValueError):
-            cfg.seccomp_filter = None
+    cfg.ipc_namespace = "ipc_namespace" not in cfg.disable and namespaces.ipc_namespace_available()
+    _compile_seccomp(cfg)
     report = probe(cfg)
     # A kernel or container runtime that refuses one layer: keep the others.
+    if report.get("setup") != "ok" and cfg.ipc_namespace:
+        cfg.ipc_namespace = False
+        report = probe(cfg)
     if report.get("setup") != "ok" and cfg.landlock_abi > 0:
         cfg.landlock_abi = 0
+        _compile_seccomp(cfg)  # without Landlock's truncate right the filter covers truncate()
         report = probe(cfg)
     if report.get("setup") != "ok" and cfg.seccomp_filter is not None:
         cfg.seccomp_filter = None
@@ -593,17 +691,46 @@ def detect_features(cfg: ZygoteConfig) -> dict[str, Any]:
     cfg.seccomp_ok = cfg.seccomp_filter is not None and working
     if not working:
         cfg.landlock_abi = 0
+        cfg.ipc_namespace = False
+    denied = report.get("denied") if cfg.seccomp_ok else {}
     return {
         "seccomp": cfg.seccomp_ok,
+        # Each class the filter is meant to close, proven by an attempt in the probe.
+        "seccomp_denies": denied or {},
         "landlock_abi": cfg.landlock_abi,
         "landlock": cfg.landlock_abi > 0 and bool(report.get("scratch_hidden")),
         "landlock_signal_scope": cfg.landlock_abi >= 6,
+        "landlock_truncate": cfg.landlock_abi >= 3,
+        "ipc_namespace": cfg.ipc_namespace and bool(report.get("own_ipc_namespace")),
         "network": report.get("network", "open"),
+        "rlimits": True,
+        "no_new_privs": working,
+        "capabilities": _effective_capabilities(),
+        "read_only_root": _read_only("/"),
         "probe": report,
         "exposed_paths": cfg.paths.exposed,
         "uid": os.getuid(),
         "pid": os.getpid(),
     }
+
+
+def _effective_capabilities() -> str:
+    """The zygote's effective capability mask (hex) as the kernel reports it; "0" means none."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("CapEff:"):
+                    return format(int(line.split()[1], 16), "x")
+    except (OSError, ValueError):
+        pass
+    return "unknown"
+
+
+def _read_only(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def serve(cfg: ZygoteConfig, ctl: socket.socket) -> None:
@@ -645,9 +772,10 @@ def serve(cfg: ZygoteConfig, ctl: socket.socket) -> None:
             supervisors.discard(pid)
             if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
                 # A supervisor that did not finish normally left its run directory behind.
-                for name in os.listdir(cfg.scratch):
-                    if name.startswith(f"run-{pid}-"):
-                        remove_tree(os.path.join(cfg.scratch, name))
+                with contextlib.suppress(OSError):
+                    for name in os.listdir(cfg.scratch):
+                        if name.startswith(f"run-{pid}-"):
+                            remove_tree(os.path.join(cfg.scratch, name))
     # Shutdown: the supervisors and everything below them go with us.
     kill_descendants(rounds=100)
 
@@ -699,6 +827,7 @@ def main(argv: list[str] | None = None) -> None:
     prctl.set_child_subreaper()
     features = detect_features(cfg)
     features["preload_failed"] = failed
+    cfg.baseline = procstate.snapshot()
     ctl.sendall(json.dumps({"ready": True, "features": features}).encode())
     # Objects allocated so far are never collected, so forked runs do not copy their pages
     # just because the garbage collector touched them.
