@@ -6,7 +6,6 @@ endpoint is also open to accounts allowed to pull that queue (a course's grader 
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import re
@@ -15,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .auth import can_pull, digest_secret, hash_password, new_secret
+from .auth import can_pull, digest_secret, hash_for, new_secret
 from .context import AppContext, current_account
 
 routes = web.RouteTableDef()
@@ -130,10 +129,10 @@ async def put_user(request: web.Request) -> web.Response:
         pull_queues, submit_queues = queue_permissions(body)
     except ValueError as exc:
         return error(400, str(exc))
-    password_hash = await asyncio.to_thread(hash_password, password)
-    created = await AppContext.of(request).db.upsert_account(
-        username, password_hash, is_admin, pull_queues, submit_queues
-    )
+    db = AppContext.of(request).db
+    # An unchanged password keeps the stored hash, so re-provisioning does not end the account's sessions.
+    password_hash = await hash_for(db, username, password)
+    created = await db.upsert_account(username, password_hash, is_admin, pull_queues, submit_queues)
     return web.json_response(
         {"username": username, "created": created, "is_admin": is_admin,
          "pull_queues": pull_queues, "submit_queues": submit_queues},
@@ -170,5 +169,26 @@ async def create_token(request: web.Request) -> web.Response:
     if found is None:
         return error(404, f"no account '{username}'")
     secret = new_secret()
-    await ctx.db.create_token(digest_secret(secret), found[0].id, pull_queues, submit_queues, ttl)
-    return web.json_response({"token": secret}, status=201, dumps=json.dumps)
+    token_id = await ctx.db.create_token(digest_secret(secret), found[0].id, pull_queues, submit_queues, ttl)
+    return web.json_response({"token": secret, "id": token_id}, status=201, dumps=json.dumps)
+
+
+@routes.get("/api/v1/tokens")
+@admin_only
+async def list_tokens(request: web.Request) -> web.Response:
+    """Token metadata (never the secret), optionally of one account (``?username=``)."""
+    rows = await AppContext.of(request).db.list_tokens(request.query.get("username"))
+    return web.json_response({"tokens": [
+        {**row, **{k: row[k] and row[k].isoformat() for k in ("created_at", "expires_at", "last_used_at")}}
+        for row in rows
+    ]})
+
+
+@routes.delete("/api/v1/tokens/{id}")
+@admin_only
+async def revoke_token(request: web.Request) -> web.Response:
+    raw = request.match_info["id"]
+    if not raw.isdigit() or len(raw) > 18:
+        return error(400, "token ids are whole numbers")
+    revoked = await AppContext.of(request).db.revoke_tokens([int(raw)])
+    return web.json_response({"id": int(raw), "revoked": bool(revoked)})

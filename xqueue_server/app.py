@@ -14,7 +14,7 @@ import yaml
 from aiohttp import web
 
 from . import admin_api, classic_api, ops_api
-from .auth import Authenticator, hash_password
+from .auth import Authenticator, hash_for
 from .config import Settings
 from .context import CONTEXT_KEY, AppContext
 from .db import Database
@@ -76,10 +76,12 @@ async def import_users(db: Database, path: Path) -> list[str]:
         raise ValueError(f"{path} must map usernames to passwords")
     for username, password in users.items():
         found = await db.get_account_with_hash(username)
-        password_hash = await asyncio.to_thread(hash_password, password)
+        # Every replica imports the file at start-up: an unchanged password must not end the sessions
+        # a new hash (set_password) would end.
+        password_hash = await hash_for(db, username, password)
         if found is None:
             await db.upsert_account(username, password_hash)
-        else:
+        elif password_hash != found[1]:
             await db.set_password(username, password_hash)
     return list(users)
 

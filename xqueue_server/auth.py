@@ -1,7 +1,8 @@
 """Accounts: password hashing, session and API-token secrets, per-queue permissions.
 
 Passwords are hashed with scrypt (memory-hard, salted; in the standard library). Session cookies and
-API tokens are random secrets of which only a SHA-256 digest is stored.
+API tokens are random secrets of which only a SHA-256 digest is stored. Nothing that grants access is
+cached beyond one request (see ``Authenticator``).
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import base64
 import hashlib
 import hmac
 import secrets
-import time
-from dataclasses import dataclass
 
 import asyncpg
 
@@ -74,40 +73,41 @@ def visible_queues(account: Account, names: list[str]) -> list[str]:
     return [n for n in names if n in allowed]
 
 
-@dataclass
-class _CacheEntry:
-    account: Account | None
-    expires: float
+async def hash_for(db: Database, username: str, password: str) -> str:
+    """The hash to store for ``password``: the stored one when it already matches.
+
+    Storing a new hash ends the account's sessions (``upsert_account``), so idempotent provisioning
+    (the operator re-applies its grader accounts hourly, the Helm admin Job and the users file run at
+    every start) must not count as a password change.
+    """
+    found = await db.get_account_with_hash(username)
+    if found is not None and await asyncio.to_thread(verify_password, password, found[1]):
+        return found[1]
+    return await asyncio.to_thread(hash_password, password)
 
 
 class Authenticator:
-    """Resolves credentials to accounts, with short in-process caches.
+    """Resolves credentials to accounts.
 
-    The caches only save repeated work per request (a session lookup, a deliberately slow scrypt
-    verification for HTTP Basic); they hold an entry for seconds, so a logout or password change on
-    another replica takes effect within that time.
+    Sessions and API tokens are looked up in PostgreSQL on every request (one indexed query), so a
+    logout, a password change, a deactivation, a deletion or a token revocation on any replica holds
+    on every replica from the next request on: there is no cache that could outlive it.
+
+    HTTP Basic would cost a deliberately slow scrypt on every request, so a successful verification
+    is remembered, but only together with the stored hash it matched. The account row (hash,
+    is_active, permissions) is still read on every request, so a new password (new hash), a deleted
+    or a deactivated account is refused at once on every replica as well.
     """
 
-    def __init__(self, db: Database, session_max_age: float, cache_seconds: float = 2.0) -> None:
+    def __init__(self, db: Database, session_max_age: float) -> None:
         self.db = db
         self.session_max_age = session_max_age
-        self.cache_seconds = cache_seconds
-        self._sessions: dict[str, _CacheEntry] = {}
-        self._basic: dict[str, _CacheEntry] = {}
-        self._tokens: dict[str, _CacheEntry] = {}
+        self._verified: dict[bytes, str] = {}  # keyed digest of (username, password) -> hash it matched
+        self._cache_key = secrets.token_bytes(32)
 
-    def _cached(self, cache: dict[str, _CacheEntry], key: str) -> _CacheEntry | None:
-        entry = cache.get(key)
-        if entry is not None and entry.expires > time.monotonic():
-            return entry
-        if entry is not None:
-            cache.pop(key, None)
-        return None
-
-    def _remember(self, cache: dict[str, _CacheEntry], key: str, account: Account | None, ttl: float) -> None:
-        if len(cache) > 10_000:  # bound memory under a flood of distinct credentials
-            cache.clear()
-        cache[key] = _CacheEntry(account, time.monotonic() + ttl)
+    def _credentials_key(self, username: str, password: str) -> bytes:
+        # Keyed with a per-process secret: the cache holds nothing that helps to guess the password.
+        return hmac.new(self._cache_key, f"{username}\0{password}".encode(), hashlib.sha256).digest()
 
     async def check_password(self, username: str, password: str) -> Account | None:
         found = None if "\x00" in username else await self.db.get_account_with_hash(username)
@@ -116,18 +116,17 @@ class Authenticator:
             await asyncio.to_thread(verify_password, password, _DUMMY_HASH)
             return None
         account, encoded, active = found
-        ok = await asyncio.to_thread(verify_password, password, encoded)
-        return account if ok and active else None
+        key = self._credentials_key(username, password)
+        if self._verified.get(key) != encoded:
+            if not await asyncio.to_thread(verify_password, password, encoded):
+                return None
+            if len(self._verified) > 10_000:  # bound memory under a flood of distinct credentials
+                self._verified.clear()
+            self._verified[key] = encoded
+        return account if active else None
 
     async def basic(self, username: str, password: str) -> Account | None:
-        key = digest_secret(f"{username}\0{password}")
-        entry = self._cached(self._basic, key)
-        if entry is not None:
-            return entry.account
-        account = await self.check_password(username, password)
-        # Short: a deleted or changed account must stop working within seconds on every replica.
-        self._remember(self._basic, key, account, self.cache_seconds)
-        return account
+        return await self.check_password(username, password)
 
     async def login(self, account: Account) -> str | None:
         """A new session secret, or None when the account was deleted in the meantime."""
@@ -139,27 +138,13 @@ class Authenticator:
         return secret
 
     async def session(self, secret: str) -> Account | None:
-        key = digest_secret(secret)
-        entry = self._cached(self._sessions, key)
-        if entry is not None:
-            return entry.account
-        account = await self.db.session_account(key)
-        self._remember(self._sessions, key, account, self.cache_seconds)
-        return account
+        return await self.db.session_account(digest_secret(secret))
 
     async def logout(self, secret: str) -> None:
-        key = digest_secret(secret)
-        self._sessions.pop(key, None)
-        await self.db.delete_session(key)
+        await self.db.delete_session(digest_secret(secret))
 
     async def token(self, secret: str) -> Account | None:
-        key = digest_secret(secret)
-        entry = self._cached(self._tokens, key)
-        if entry is not None:
-            return entry.account
-        account = await self.db.token_account(key)
-        self._remember(self._tokens, key, account, self.cache_seconds)
-        return account
+        return await self.db.token_account(digest_secret(secret))
 
 
 _DUMMY_HASH = hash_password("not a real password")

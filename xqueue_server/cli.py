@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 
 from .app import import_users
-from .auth import digest_secret, hash_password, new_secret
+from .auth import digest_secret, hash_for, hash_password, new_secret
 from .config import ConfigError, load_settings
 from .db import Database
 
@@ -61,7 +61,9 @@ async def cmd_migrate(db: Database, args: argparse.Namespace) -> int:
 
 
 async def cmd_create_user(db: Database, args: argparse.Namespace) -> int:
-    password_hash = await asyncio.to_thread(hash_password, read_password(args))
+    # The stored hash is kept when the password is unchanged: re-running the command (the Helm admin
+    # Job does at every upgrade) must not end the account's sessions.
+    password_hash = await hash_for(db, args.username, read_password(args))
     created = await db.upsert_account(
         args.username, password_hash, args.admin, split_queues(args.pull_queues), split_queues(args.submit_queues)
     )
@@ -74,7 +76,16 @@ async def cmd_set_password(db: Database, args: argparse.Namespace) -> int:
     if not await db.set_password(args.username, password_hash):
         print(f"no account {args.username}", file=sys.stderr)
         return 1
-    print(f"password of {args.username} reset")
+    print(f"password of {args.username} reset; its sessions are ended")
+    return 0
+
+
+async def cmd_set_active(db: Database, args: argparse.Namespace) -> int:
+    active = args.command == "activate-user"
+    if not await db.set_account_active(args.username, active):
+        print(f"no account {args.username}", file=sys.stderr)
+        return 1
+    print(f"account {args.username} {'activated' if active else 'deactivated; its sessions are ended'}")
     return 0
 
 
@@ -110,9 +121,43 @@ async def cmd_create_token(db: Database, args: argparse.Namespace) -> int:
         print(f"no account {args.username}", file=sys.stderr)
         return 1
     secret = new_secret()
-    await db.create_token(digest_secret(secret), found[0].id, split_queues(args.pull_queues),
-                          split_queues(args.submit_queues), args.ttl_seconds)
-    print(secret)
+    token_id = await db.create_token(digest_secret(secret), found[0].id, split_queues(args.pull_queues),
+                                     split_queues(args.submit_queues), args.ttl_seconds)
+    print(secret)  # alone on stdout, for scripts
+    print(f"token id {token_id} (revoke with: xqueue-admin revoke-token {token_id})", file=sys.stderr)
+    return 0
+
+
+async def cmd_list_tokens(db: Database, args: argparse.Namespace) -> int:
+    rows = await db.list_tokens(args.username)
+    if args.json:
+        print(json.dumps(rows, default=str, indent=2))
+        return 0
+    if not rows:
+        print("no API tokens")
+
+    def when(value: Any) -> str:
+        return "-" if value is None else f"{value:%Y-%m-%d %H:%M:%S}"
+
+    for row in rows:
+        pull = "all" if row["pull_queues"] is None else ",".join(row["pull_queues"]) or "none"
+        submit = "all" if row["submit_queues"] is None else ",".join(row["submit_queues"]) or "none"
+        print(f"#{row['id']} user={row['username']} pull={pull} submit={submit} created={when(row['created_at'])} "
+              f"expires={when(row['expires_at'])}{' (expired)' if row['expired'] else ''} "
+              f"last_used={when(row['last_used_at'])}")
+    return 0
+
+
+async def cmd_revoke_token(db: Database, args: argparse.Namespace) -> int:
+    if not args.ids and not args.user:
+        print("give token ids or --user", file=sys.stderr)
+        return 2
+    revoked = await db.revoke_tokens(args.ids, args.user)
+    print(f"revoked {len(revoked)} token(s)" + (f": {', '.join(f'#{i}' for i in revoked)}" if revoked else ""))
+    missing = sorted(set(args.ids) - set(revoked))
+    if missing:
+        print(f"no token {', '.join(f'#{i}' for i in missing)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -187,13 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--submit-queues", help="comma-separated queues it may submit to (default: all)")
     add("import-users", cmd_import_users, "create/reset accounts from a {username: password} YAML file"
         ).add_argument("file")
-    add("delete-user", cmd_delete_user, "delete an account").add_argument("username")
+    add("delete-user", cmd_delete_user, "delete an account (its sessions and tokens with it)").add_argument("username")
+    add("deactivate-user", cmd_set_active, "refuse an account's logins, sessions and tokens (kept for later)"
+        ).add_argument("username")
+    add("activate-user", cmd_set_active, "undo deactivate-user").add_argument("username")
     add("list-users", cmd_list_users, "list accounts and their queue permissions")
     token = add("create-token", cmd_create_token, "print a new API token (Authorization: Bearer) for an account")
     token.add_argument("username")
     token.add_argument("--pull-queues")
     token.add_argument("--submit-queues")
     token.add_argument("--ttl-seconds", type=float)
+    tokens = add("list-tokens", cmd_list_tokens, "list API tokens (metadata only; secrets are never stored)")
+    tokens.add_argument("--username", help="only the tokens of this account")
+    tokens.add_argument("--json", action="store_true")
+    revoke = add("revoke-token", cmd_revoke_token, "revoke API tokens at once, on every replica")
+    revoke.add_argument("ids", nargs="*", type=int)
+    revoke.add_argument("--user", help="revoke every token of this account")
     add("create-queue", cmd_create_queue, "create queues").add_argument("names", nargs="+")
     add("list-queues", cmd_list_queues, "list queues with their depth")
     add("delete-queue", cmd_delete_queue, "delete a queue").add_argument("name")

@@ -84,6 +84,10 @@ def _tuple_or_none(value: Sequence[str] | None) -> tuple[str, ...] | None:
     return None if value is None else tuple(value)
 
 
+def _list_or_none(value: Sequence[str] | None) -> list[str] | None:
+    return None if value is None else list(value)
+
+
 def _intersect(a: tuple[str, ...] | None, b: Sequence[str] | None) -> tuple[str, ...] | None:
     if b is None:
         return a
@@ -333,6 +337,9 @@ class Database:
     async def set_password(self, username: str, password_hash: str) -> bool:
         return await self.pool.fetchval(QUERIES["set_password"], username, password_hash) is not None
 
+    async def set_account_active(self, username: str, active: bool) -> bool:
+        return await self.pool.fetchval(QUERIES["set_account_active"], username, active) is not None
+
     async def delete_account(self, username: str) -> bool:
         return await self.pool.fetchval(QUERIES["delete_account"], username) is not None
 
@@ -375,6 +382,8 @@ class Database:
         row = await self.pool.fetchrow(QUERIES["get_token_account"], token_hash)
         if row is None:
             return None
+        if row["touch"]:
+            await self.pool.execute(QUERIES["touch_token"], row["token_id"])
         account = _account(row)
         # A token can only narrow what its account may do.
         return Account(
@@ -384,6 +393,15 @@ class Database:
             pull_queues=_intersect(account.pull_queues, row["token_pull_queues"]),
             submit_queues=_intersect(account.submit_queues, row["token_submit_queues"]),
         )
+
+    async def list_tokens(self, username: str | None = None) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(QUERIES["list_tokens"], username)
+        return [{**dict(r), "pull_queues": _list_or_none(r["pull_queues"]),
+                 "submit_queues": _list_or_none(r["submit_queues"])} for r in rows]
+
+    async def revoke_tokens(self, ids: Sequence[int] = (), username: str | None = None) -> list[int]:
+        rows = await self.pool.fetch(QUERIES["revoke_tokens"], list(ids), username)
+        return sorted(r["id"] for r in rows)
 
     async def get_secret(self, name: str) -> str | None:
         return await self.pool.fetchval(QUERIES["get_secret"], name)

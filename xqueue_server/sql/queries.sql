@@ -230,16 +230,44 @@ SELECT id, username, password_hash, is_admin, is_active, pull_queues, submit_que
   FROM accounts WHERE username = $1;
 
 -- name: upsert_account
-INSERT INTO accounts (username, password_hash, is_admin, pull_queues, submit_queues)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (username) DO UPDATE
-   SET password_hash = EXCLUDED.password_hash, is_admin = EXCLUDED.is_admin,
-       pull_queues = EXCLUDED.pull_queues, submit_queues = EXCLUDED.submit_queues,
-       is_active = true, updated_at = now()
-RETURNING id, (xmax = 0) AS created;
+-- Create or update. A different password hash ends the account's sessions (as Django does). Callers
+-- pass the stored hash back when the password itself is unchanged, so idempotent re-provisioning
+-- (the operator's hourly refresh, the Helm admin Job, the users file at start-up) keeps them.
+-- (No FOR UPDATE in "previous": a row the same statement updates would then be skipped.)
+WITH previous AS (
+    SELECT id, password_hash FROM accounts WHERE username = $1
+), saved AS (
+    INSERT INTO accounts (username, password_hash, is_admin, pull_queues, submit_queues)
+    VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (username) DO UPDATE
+       SET password_hash = EXCLUDED.password_hash, is_admin = EXCLUDED.is_admin,
+           pull_queues = EXCLUDED.pull_queues, submit_queues = EXCLUDED.submit_queues,
+           is_active = true, updated_at = now()
+    RETURNING id, (xmax = 0) AS created
+), ended AS (
+    DELETE FROM sessions WHERE account_id IN (SELECT id FROM previous WHERE password_hash <> $2)
+    RETURNING 1
+)
+SELECT id, created, (SELECT count(*) FROM ended) AS sessions_ended FROM saved;
 
 -- name: set_password
-UPDATE accounts SET password_hash = $2, updated_at = now() WHERE username = $1 RETURNING id;
+-- A password reset ends every session of the account on every replica at once: sessions live here
+-- and every request looks its session up.
+WITH changed AS (
+    UPDATE accounts SET password_hash = $2, updated_at = now() WHERE username = $1 RETURNING id
+), ended AS (
+    DELETE FROM sessions WHERE account_id IN (SELECT id FROM changed) RETURNING 1
+)
+SELECT id FROM changed;
+
+-- name: set_account_active
+-- Deactivating ends the sessions too (they would be refused anyway: lookups require is_active).
+WITH changed AS (
+    UPDATE accounts SET is_active = $2, updated_at = now() WHERE username = $1 RETURNING id
+), ended AS (
+    DELETE FROM sessions WHERE NOT $2 AND account_id IN (SELECT id FROM changed) RETURNING 1
+)
+SELECT id FROM changed;
 
 -- name: delete_account
 DELETE FROM accounts WHERE username = $1 RETURNING id;
@@ -268,7 +296,28 @@ VALUES ($1, $2, $3, $4, CASE WHEN $5::float8 IS NULL THEN NULL ELSE now() + make
 RETURNING id;
 
 -- name: get_token_account
+-- touch: last_used_at is older than a minute, so the caller refreshes it (one write per token per
+-- minute at most, not one per request).
 SELECT a.id, a.username, a.is_admin, a.is_active, a.pull_queues, a.submit_queues,
-       t.pull_queues AS token_pull_queues, t.submit_queues AS token_submit_queues
+       t.pull_queues AS token_pull_queues, t.submit_queues AS token_submit_queues, t.id AS token_id,
+       (t.last_used_at IS NULL OR t.last_used_at < now() - interval '60 seconds') AS touch
   FROM api_tokens t JOIN accounts a ON a.id = t.account_id
  WHERE t.token_hash = $1 AND (t.expires_at IS NULL OR t.expires_at > now()) AND a.is_active;
+
+-- name: touch_token
+UPDATE api_tokens SET last_used_at = now() WHERE id = $1;
+
+-- name: list_tokens
+-- Metadata only: the secret is never stored, and its digest is not shown either.
+SELECT t.id, a.username, t.pull_queues, t.submit_queues, t.created_at, t.expires_at, t.last_used_at,
+       (t.expires_at IS NOT NULL AND t.expires_at <= now()) AS expired
+  FROM api_tokens t JOIN accounts a ON a.id = t.account_id
+ WHERE ($1::text IS NULL OR a.username = $1)
+ ORDER BY t.id;
+
+-- name: revoke_tokens
+-- By id ($1) or every token of an account ($2). Each request looks its token up here, so a revoked
+-- token stops working on every replica at once.
+DELETE FROM api_tokens t USING accounts a
+ WHERE a.id = t.account_id AND (t.id = ANY($1::bigint[]) OR a.username = $2)
+RETURNING t.id;
