@@ -8,7 +8,9 @@ import logging
 
 from .config import Settings
 from .db import Database
+from .logs import error_fields
 from .metrics import Metrics
+from .outage import DatabaseUnavailable
 from .protocol import FAILURE_NOTICE_BODY
 from .storage import Storage
 
@@ -29,8 +31,10 @@ class Housekeeper:
                 await self.sweep()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a database restart must not stop housekeeping
-                log.warning("sweep failed", extra={"fields": {"error": repr(exc)}})
+            except DatabaseUnavailable:
+                pass  # a database restart must not stop housekeeping; the outage is logged once elsewhere
+            except Exception as exc:
+                log.warning("sweep failed", extra={"fields": error_fields(exc)})
             await asyncio.sleep(self.settings.sweep_interval_seconds)
 
     async def run_housekeeping(self) -> None:
@@ -39,8 +43,10 @@ class Housekeeper:
                 await self.housekeep()
             except asyncio.CancelledError:
                 raise
+            except DatabaseUnavailable:
+                pass
             except Exception as exc:
-                log.warning("housekeeping failed", extra={"fields": {"error": repr(exc)}})
+                log.warning("housekeeping failed", extra={"fields": error_fields(exc)})
             await asyncio.sleep(self.settings.housekeeping_interval_seconds)
 
     async def sweep(self) -> None:
@@ -82,7 +88,7 @@ class Housekeeper:
                     try:
                         await self.storage.delete(key)
                     except Exception as exc:  # a missing file must not block retention of the rest
-                        log.warning("could not delete stored file", extra={"fields": {"error": repr(exc)}})
+                        log.warning("could not delete stored file", extra={"fields": error_fields(exc)})
             deleted += len(batch)
             if len(batch) < 1000:
                 break

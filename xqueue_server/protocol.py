@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from .validation import InputError, NotJson, parse_json, text_problem
+
 # ---- exact upstream strings
 LOGIN_REQUIRED = "login_required"
 LOGGED_IN = "Logged in"
@@ -89,14 +91,19 @@ def parse_submit(header: Any, body: Any, max_header_bytes: int, max_body_bytes: 
     if "\x00" in header or "\x00" in body:
         # PostgreSQL text cannot store NUL; real LMS bodies are JSON, where NUL is escaped anyway.
         raise ProtocolError(f"{SUBMIT_INVALID_FORMAT}: NUL characters are not allowed")
+    if text_problem(header) or text_problem(body):
+        raise ProtocolError(f"{SUBMIT_INVALID_FORMAT}: not valid Unicode text")
     if len(header.encode()) > max_header_bytes:
         raise ProtocolError(f"{SUBMIT_INVALID_FORMAT}: xqueue_header is larger than {max_header_bytes} bytes")
     if len(body.encode()) > max_body_bytes:
         raise ProtocolError(f"{SUBMIT_INVALID_FORMAT}: xqueue_body is larger than {max_body_bytes} bytes")
     try:
-        decoded = json.loads(header)
-    except (ValueError, RecursionError):
-        raise ProtocolError(SUBMIT_INVALID_FORMAT) from None
+        # Strict: every string inside (the LMS's key too) must be storable text; no NaN, no deep nesting.
+        decoded = parse_json(header, "xqueue_header")
+    except NotJson:
+        raise ProtocolError(SUBMIT_INVALID_FORMAT) from None  # upstream's exact reply
+    except InputError as exc:
+        raise ProtocolError(f"{SUBMIT_INVALID_FORMAT}: {exc.message}") from None
     if not isinstance(decoded, dict):
         raise ProtocolError(SUBMIT_INVALID_FORMAT)
     for key in ("lms_callback_url", "lms_key", "queue_name"):
@@ -115,7 +122,7 @@ def parse_submit(header: Any, body: Any, max_header_bytes: int, max_body_bytes: 
 
 
 def is_absolute_http_url(url: str) -> bool:
-    if any(ord(ch) < 32 for ch in url):
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in url) or text_problem(url):
         return False
     try:
         parts = urlsplit(url)
@@ -137,9 +144,11 @@ def parse_reply(header: Any, body: Any) -> ReplyRequest:
         raise ProtocolError(INCORRECT_REPLY_FORMAT)
     if "\x00" in body or "\x00" in header:
         raise ProtocolError(f"{INCORRECT_REPLY_FORMAT}: NUL characters are not allowed")
+    if text_problem(header) or text_problem(body):
+        raise ProtocolError(f"{INCORRECT_REPLY_FORMAT}: not valid Unicode text")
     try:
-        decoded = json.loads(header)
-    except (ValueError, RecursionError):
+        decoded = parse_json(header, "xqueue_header")
+    except InputError:
         raise ProtocolError(INCORRECT_REPLY_FORMAT) from None
     if not isinstance(decoded, dict) or "submission_id" not in decoded or "submission_key" not in decoded:
         raise ProtocolError(INCORRECT_REPLY_FORMAT)
@@ -155,7 +164,7 @@ def parse_reply(header: Any, body: Any) -> ReplyRequest:
     if not 0 < submission_id < 2**63:
         raise ProtocolError(SUBMISSION_DOES_NOT_EXIST)
     key = decoded["submission_key"]
-    if not isinstance(key, str) or "\x00" in key or len(key) > 200:
+    if not isinstance(key, str) or text_problem(key) or len(key) > 200:
         raise ProtocolError(INCORRECT_KEY)
     return ReplyRequest(submission_id=submission_id, submission_key=key, xqueue_body=body)
 
@@ -185,9 +194,9 @@ def parse_positive_number(raw: str | None, name: str, cap: float) -> float | Non
 def parse_bulk_results(raw: str) -> list[tuple[Any, Any]]:
     """The bulk put_result field: a JSON list of {"xqueue_header", "xqueue_body"} objects."""
     try:
-        items = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise ProtocolError(f"{INCORRECT_REPLY_FORMAT}: 'results' must be a JSON list") from None
+        items = parse_json(raw, "results")
+    except InputError as exc:
+        raise ProtocolError(f"{INCORRECT_REPLY_FORMAT}: 'results' must be a JSON list ({exc.message})") from None
     if not isinstance(items, list):
         raise ProtocolError(f"{INCORRECT_REPLY_FORMAT}: 'results' must be a JSON list")
     parsed = []

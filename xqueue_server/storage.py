@@ -7,18 +7,25 @@ an HMAC that expires; for S3, presigned GET URLs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
+import logging
 import os
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Protocol
 
 from .config import Settings
 
-KEY_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+KEY_PATTERN = re.compile(r"[0-9a-f]{32}")
+SIGNATURE_PATTERN = re.compile(r"[0-9a-f]{64}")
+EXPIRES_PATTERN = re.compile(r"[0-9]{1,12}")
+
+log = logging.getLogger("xqueue.storage")
 
 
 def new_key() -> str:
@@ -38,13 +45,15 @@ def sign(signing_key: str, key: str, expires: int) -> str:
 
 
 def check_signature(signing_key: str, key: str, expires: str, signature: str, now: float | None = None) -> bool:
-    """True when the signature matches and has not expired. Pure, for the download handler."""
-    if not KEY_PATTERN.match(key):
+    """True when the signature matches and has not expired. Pure, for the download handler.
+
+    The shapes are checked first: these come from an unauthenticated URL, and ``compare_digest``
+    raises on non-ASCII strings.
+    """
+    if not (KEY_PATTERN.fullmatch(key) and EXPIRES_PATTERN.fullmatch(expires)
+            and SIGNATURE_PATTERN.fullmatch(signature)):
         return False
-    try:
-        expires_at = int(expires)
-    except ValueError:
-        return False
+    expires_at = int(expires)
     if expires_at < (time.time() if now is None else now):
         return False
     return hmac.compare_digest(sign(signing_key, key, expires_at), signature)
@@ -57,7 +66,7 @@ class LocalStorage:
         root.mkdir(parents=True, exist_ok=True)
 
     def path(self, key: str) -> Path:
-        if not KEY_PATTERN.match(key):
+        if not KEY_PATTERN.fullmatch(key):
             raise ValueError("bad storage key")
         return self.root / key[:2] / key
 
@@ -117,6 +126,36 @@ class S3Storage:
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self.client.delete_object, Bucket=self.bucket, Key=self.object_name(key))
+
+
+async def discard_files(storage: Storage, keys: Iterable[str]) -> None:
+    """Delete stored files, best effort (a failure is logged without the file's name)."""
+    for key in keys:
+        try:
+            await storage.delete(key)
+        except Exception as exc:
+            log.warning("could not delete a stored file", extra={"fields": {"key": key, "error": type(exc).__name__}})
+
+
+@contextlib.asynccontextmanager
+async def saving_files(storage: Storage, files: dict[str, bytes]) -> AsyncIterator[dict[str, str]]:
+    """Reserve a storage key per file, run the body (the database insert), then write the files.
+
+    Use as ``async with saving_files(...) as keys: <insert the row that names keys>``. Files are
+    written only after the body succeeded, so a row the database refuses never leaves a file behind;
+    if a write fails, the files written so far are deleted and the error propagates out of the
+    ``async with`` (inside the caller's transaction, so the row is rolled back too).
+    """
+    keys = {name: new_key() for name in files}
+    yield keys
+    written: list[str] = []
+    try:
+        for name, data in files.items():
+            await storage.save(keys[name], data)
+            written.append(keys[name])
+    except BaseException:
+        await asyncio.shield(discard_files(storage, written))
+        raise
 
 
 def make_storage(settings: Settings, signing_key: str) -> Storage:
