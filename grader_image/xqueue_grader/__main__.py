@@ -1,4 +1,5 @@
-"""``xqueue-grader``: ``run`` (the daemon), ``fetch-course`` (init step), ``try`` and ``features``."""
+"""``xqueue-grader``: ``run`` (the daemon), ``fetch-course`` (init step), ``try``, ``features`` and
+``selftest``."""
 
 from __future__ import annotations
 
@@ -80,6 +81,68 @@ def _cmd_features(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _selftest_settings() -> tuple[object, list[str]]:
+    """Sandbox settings of this deployment (its configuration when there is one, else defaults)."""
+    from xqueue_grader.config import ConfigError, load_config
+    from xqueue_grader.sandbox import SandboxSettings
+
+    try:
+        config = load_config()
+    except ConfigError:
+        # No queue configured (a one-off check): the defaults, hiding the grader root if named.
+        root = os.environ.get("XQGRADER_GRADER_ROOT")
+        return SandboxSettings(hidden_paths=[root] if root else []), []
+    settings = SandboxSettings(
+        scratch_root=config.scratch_dir, hidden_paths=[config.grader_root], preload=list(config.preload_modules),
+        sandbox_uid=config.sandbox_uid, require_seccomp=config.require_seccomp,
+        require_landlock=config.require_landlock,
+    )
+    required = [name for name, on in (("seccomp", config.require_seccomp), ("landlock", config.require_landlock))
+                if on]
+    return settings, required
+
+
+def _cmd_selftest(args: argparse.Namespace) -> int:
+    """Start the sandbox as the daemon would, run one job through it, report the active layers."""
+    from xqueue_grader.sandbox import SandboxPool, SandboxUnavailable, procstate, report
+
+    setup_logging("WARNING")
+    settings, required = _selftest_settings()
+
+    async def go() -> dict[str, object]:
+        pool = SandboxPool(settings)  # type: ignore[arg-type]
+        try:
+            features = await pool.start()
+            ok = await pool.self_test()
+        except SandboxUnavailable as exc:
+            return {"ok": False, "error": str(exc)}
+        finally:
+            await pool.close()
+        layers = report.layers(features)
+        gaps = report.missing(layers)
+        return {
+            "ok": ok and not [name for name in required if name in gaps],
+            "self_test": ok,
+            "layers": layers,
+            "missing": gaps,
+            "required": required,
+            "daemon": {"uid": os.getuid(), "gid": os.getgid(), "nice": procstate.snapshot()["nice"]},
+        }
+
+    result = asyncio.run(go())
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(f"self-test: {'ok' if result.get('self_test') else 'FAILED'}")
+        for name, value in sorted((result.get("layers") or {}).items()):  # type: ignore[union-attr]
+            print(f"  {name}: {json.dumps(value, sort_keys=True)}")
+        if result.get("missing"):
+            print("missing: " + ", ".join(result["missing"]))  # type: ignore[arg-type]
+        if result.get("error"):
+            print(f"error: {result['error']}")
+    return 0 if result.get("ok") else 1
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="xqueue-grader", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,8 +154,12 @@ def main(argv: list[str] | None = None) -> None:
     try_parser.add_argument("--lang", default=None)
     try_parser.add_argument("submission", help="file with the student's code, or - for stdin")
     sub.add_parser("features", help="print the sandbox features detected on this machine")
+    selftest = sub.add_parser("selftest", help="start the sandbox, run one job through it and report the "
+                              "active isolation layers (exit 1 when the job fails or a required layer is off)")
+    selftest.add_argument("--json", action="store_true", help="one JSON document instead of text")
     args = parser.parse_args(argv)
-    handlers = {"run": _cmd_run, "fetch-course": _cmd_fetch, "try": _cmd_try, "features": _cmd_features}
+    handlers = {"run": _cmd_run, "fetch-course": _cmd_fetch, "try": _cmd_try, "features": _cmd_features,
+                "selftest": _cmd_selftest}
     sys.exit(handlers[args.command](args))
 
 

@@ -62,6 +62,10 @@ class GraderConfig:
     preload_modules: tuple[str, ...] = ()
     require_seccomp: bool = False
     require_landlock: bool = False
+    # Liveness: a sandbox that has not worked for this long (while the daemon kept trying) asks
+    # for a restart.  The self-test runs when no run has proven the sandbox for this long.
+    liveness_grace_seconds: float = 60.0
+    self_test_seconds: float = 30.0
     log_level: str = "INFO"
 
     def public_summary(self) -> dict[str, Any]:
@@ -107,7 +111,8 @@ _FILE_SCALARS: dict[str, str] = {
     "poll_max_seconds": "float", "login_retry_seconds": "float", "requests_timeout": "float",
     "verify_tls": "bool", "put_result_attempts": "int", "submission_size_limit_kb": "int",
     "sandbox_uid": "int", "scratch_dir": "str", "require_seccomp": "bool",
-    "require_landlock": "bool", "log_level": "str",
+    "require_landlock": "bool", "log_level": "str", "liveness_grace_seconds": "float",
+    "self_test_seconds": "float",
 }
 _LIMIT_FIELDS = {
     "cpu_seconds": "float", "wall_seconds": "float", "memory_mb": "int", "processes": "int",
@@ -237,6 +242,8 @@ def validate(config: GraderConfig) -> list[str]:
         problems.append("put_result_attempts must be at least 1")
     if config.submission_size_limit_kb < 1:
         problems.append("submission_size_limit_kb must be at least 1")
+    if config.liveness_grace_seconds <= 0 or config.self_test_seconds <= 0:
+        problems.append("liveness_grace_seconds and self_test_seconds must be positive")
     return problems
 
 

@@ -8,9 +8,10 @@ Pull rhythm per slot:
 * classic polling sleeps ``poll_min_seconds`` after an empty reply, doubling up to
   ``poll_max_seconds``; errors back off up to 30 s.
 
-SIGTERM (``request_stop``): readiness turns false, idle pulls are cancelled (an interrupted pull at
-worst leaves one submission to be re-offered after its lease), submissions being graded are
-finished and their results put, then the process exits 0.  After ``drain_seconds`` whatever is
+SIGTERM (``request_stop``): readiness turns false, idle pulls are cancelled, submissions being
+graded are finished and their results put, then the process exits 0. Cancelling a pull closes its
+connection (aiohttp closes a connection whose request is cancelled), so a parked long-poll ends at
+once and our server neither waits for this grader nor hands it a submission it would never read.  After ``drain_seconds`` whatever is
 still running is abandoned (the server re-offers it).
 """
 
@@ -26,13 +27,15 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from xqueue_grader import health
 from xqueue_grader.client import XQueueClient
 from xqueue_grader.config import GraderConfig
 from xqueue_grader.engine import GradingEngine
 from xqueue_grader.handlers import Handler, HandlerContext, build_handlers
+from xqueue_grader.logs import RateLimitedLoopErrors
 from xqueue_grader.metrics import Metrics
 from xqueue_grader.protocol import ProtocolError, is_empty_queue, parse_submission, put_result_form
-from xqueue_grader.sandbox import SandboxPool, SandboxSettings, prctl
+from xqueue_grader.sandbox import SandboxPool, SandboxSettings, prctl, procstate, report
 
 log = logging.getLogger("xqueue_grader.daemon")
 
@@ -125,16 +128,30 @@ class GraderDaemon:
         self.graded = 0
         self.in_flight = 0
         self._last_error_log = 0.0
+        # Health: this process's limits and priorities at start, what differs now and could not
+        # be put back, and the watchdog that checks both and self-tests the sandbox.
+        self._baseline: dict[str, Any] = {}
+        self._daemon_changes: list[str] = []
+        self._sandbox_failure_logged = False
+        self._watchdog_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
+    def health_state(self) -> health.HealthState:
+        failing_since = self.pool.failing_since
+        return health.HealthState(
+            started=self._started,
+            stopping=self._stopping.is_set(),
+            logged_in=self.config.username is None or self.client.logged_in,
+            sandbox_running=self.pool.healthy,
+            sandbox_broken=self.pool.broken,
+            sandbox_failing_for=None if failing_since is None else time.monotonic() - failing_since,
+            sandbox_problem=self.pool.last_problem,
+            daemon_changes=list(self._daemon_changes),
+        )
+
     @property
     def ready(self) -> bool:
-        return (
-            self._started
-            and not self._stopping.is_set()
-            and self.pool.healthy
-            and (self.config.username is None or self.client.logged_in)
-        )
+        return health.readiness(self.health_state())[0]
 
     @property
     def stopping(self) -> bool:
@@ -143,12 +160,15 @@ class GraderDaemon:
     async def start(self) -> None:
         """Sandbox, health endpoints, login, slots; returns once pulling has begun."""
         features = await self.pool.start()
+        self._baseline = procstate.snapshot()
         self.metrics.record_features(features)
         self.handlers = build_handlers(self.config.handlers, self.engine, self.context)
+        layers = report.layers(features)
         log.info("sandbox ready", extra={"fields": {
             "seccomp": features.get("seccomp"), "landlock": features.get("landlock"),
             "landlock_abi": features.get("landlock_abi"), "network": features.get("network"),
             "sandbox_uid": features.get("uid"), "exposed_paths": features.get("exposed_paths"),
+            "layers": layers, "missing_layers": report.missing(layers),
         }})
         if features.get("exposed_paths"):
             log.warning("the sandbox can read paths that should be hidden (grader root inside the "
@@ -159,6 +179,7 @@ class GraderDaemon:
         await self._start_http()
         self.metrics.slots.set(self.config.slots)
         self._started = True
+        self._watchdog_task = asyncio.create_task(self._watchdog())
         self._login_task = asyncio.create_task(self._login_then_pull())
         log.info("grader started", extra={"fields": self.config.public_summary() | {"http_port": self.http_port}})
 
@@ -189,6 +210,10 @@ class GraderDaemon:
     async def shutdown(self) -> int:
         """Drain slots within the grace period, then release everything; returns the exit status."""
         self.request_stop()
+        if self._watchdog_task is not None:
+            self._watchdog_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog_task
         if self._login_task:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._login_task
@@ -347,6 +372,45 @@ class GraderDaemon:
     def _update_ready(self) -> None:
         self.metrics.ready.set(1 if self.ready else 0)
 
+    async def _watchdog(self) -> None:
+        """Every ``self_test_seconds``: check this process's own limits and priorities (another
+        process of our uid may have changed them), and self-test the sandbox unless a run has
+        proven it recently, replacing a zygote that fails.  What cannot be repaired from inside
+        turns liveness false, so the pod gets restarted."""
+        interval = self.config.self_test_seconds
+        while not self._stopping.is_set():
+            await self._sleep(interval)
+            if self._stopping.is_set():
+                return
+            self.check_daemon_state()
+            last = self.pool.last_success
+            if self.pool.failing_since is not None or last is None or time.monotonic() - last >= interval:
+                with contextlib.suppress(Exception):
+                    await self.pool.self_test()
+            self._report_sandbox_health()
+            self._update_ready()
+
+    def check_daemon_state(self) -> list[str]:
+        """Compare with the start; put back what we can; returns what is still different."""
+        if not self._baseline:
+            return []
+        changed = procstate.differences(self._baseline, procstate.snapshot())
+        remaining = procstate.restore(self._baseline) if changed else []
+        if changed and remaining != self._daemon_changes:
+            log.error("the daemon's own limits or priority were changed from outside",
+                      extra={"fields": {"changed": changed, "not_restorable": remaining}})
+        self._daemon_changes = remaining
+        return remaining
+
+    def _report_sandbox_health(self) -> None:
+        failing = self.pool.failing_since is not None
+        if failing and not self._sandbox_failure_logged:
+            log.error("the sandbox does not work; replacing it did not help",
+                      extra={"fields": {"problem": (self.pool.last_problem or "")[:300]}})
+        elif not failing and self._sandbox_failure_logged:
+            log.info("the sandbox works again")
+        self._sandbox_failure_logged = failing
+
     async def _start_http(self) -> None:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
@@ -360,22 +424,28 @@ class GraderDaemon:
         self.http_port = int(addresses[0][1]) if addresses else self.config.http_port
 
     async def _healthz(self, _request: web.Request) -> web.Response:
-        # Liveness fails only when the sandbox cannot be brought back: a restart may fix that,
-        # while anything else (server down, draining) is not a reason to kill the process.
-        if self.pool.broken:
-            return web.json_response({"status": "sandbox unavailable"}, status=503)
+        # Liveness fails when the daemon cannot grade and cannot repair that itself (see
+        # health.py): a restart may fix it, while anything else (server down, draining) is not a
+        # reason to kill the process.
+        self.check_daemon_state()
+        alive, reason = health.liveness(self.health_state(), self.config.liveness_grace_seconds)
+        if not alive:
+            return web.json_response({"status": reason}, status=503)
         return web.json_response({"status": "ok", "pid": os.getpid()})
 
     async def _readyz(self, _request: web.Request) -> web.Response:
         self._update_ready()
+        ready, reason = health.readiness(self.health_state())
         body = {
-            "ready": self.ready,
+            "ready": ready,
+            "reason": reason,
             "logged_in": self.client.logged_in or self.config.username is None,
             "sandbox": self.pool.healthy,
+            "sandbox_working": self.pool.failing_since is None,
             "draining": self._stopping.is_set(),
             "in_flight": self.in_flight,
         }
-        return web.json_response(body, status=200 if self.ready else 503)
+        return web.json_response(body, status=200 if ready else 503)
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         self._update_ready()
@@ -392,6 +462,9 @@ async def serve(config: GraderConfig) -> int:
     prctl.set_dumpable(False)
     daemon = GraderDaemon(config)
     loop = asyncio.get_running_loop()
+    # Errors the event loop cannot hand to anyone (accept() failing with EMFILE repeats up to a
+    # hundred times per wake-up) are logged once per kind and minute, not in a flood.
+    loop.set_exception_handler(RateLimitedLoopErrors(logging.getLogger("xqueue_grader.loop")))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_stop)
     try:

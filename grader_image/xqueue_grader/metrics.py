@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from xqueue_grader.sandbox import report
+
 GRADING_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
 
 
@@ -48,8 +50,12 @@ class Metrics:
         self.ready = Gauge("xqgrader_ready", "1 when logged in, sandbox up and not draining", registry=r)
 
     def record_features(self, features: dict[str, object]) -> None:
-        for name in ("seccomp", "landlock", "landlock_signal_scope"):
+        for name in ("seccomp", "landlock", "landlock_signal_scope", "ipc_namespace", "read_only_root"):
             self.sandbox_feature.labels(name).set(1 if features.get(name) else 0)
         self.sandbox_feature.labels("network_blocked").set(0 if features.get("network", "open") == "open" else 1)
+        self.sandbox_feature.labels("no_capabilities").set(1 if features.get("capabilities") == "0" else 0)
+        classes = report.layers(dict(features))["seccomp"]["classes"]
+        for name, active in classes.items():
+            self.sandbox_feature.labels(f"seccomp_{name}").set(1 if active else 0)
         abi = features.get("landlock_abi")
         self.landlock_abi.set(abi if isinstance(abi, int) else 0)

@@ -170,12 +170,6 @@ class SandboxPool:
         """Running, and the last run or self-test did not fail for reasons of the sandbox."""
         return self.healthy and self.failing_since is None
 
-    def failing_for(self, now: float | None = None) -> float:
-        """Seconds since the sandbox stopped working (0 while it works)."""
-        if self.failing_since is None:
-            return 0.0
-        return max(0.0, (time.monotonic() if now is None else now) - self.failing_since)
-
     def _record(self, ok: bool, problem: str | None = None) -> None:
         now = time.monotonic()
         if ok:
