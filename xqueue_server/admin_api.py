@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,10 +15,12 @@ from aiohttp import web
 
 from .auth import can_pull, digest_secret, hash_for, new_secret
 from .context import AppContext, current_account
+from .uploads import FormError, read_json_object
+from .validation import NAME_PATTERN, InputError, bounded_number
 
 routes = web.RouteTableDef()
 Handler = Callable[[web.Request], Awaitable[web.Response]]
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,127}$")
+MAX_TOKEN_TTL_SECONDS = 10 * 365 * 24 * 3600
 
 
 def error(status: int, message: str) -> web.Response:
@@ -43,15 +44,11 @@ def admin_only(handler: Handler) -> Handler:
 
 
 async def json_body(request: web.Request) -> dict[str, Any] | web.Response:
-    if request.content_length is not None and request.content_length > 1_000_000:
-        return error(413, "body too large")
+    """The request's JSON object, checked at the edge: every string in it is storable text."""
     try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        return error(400, "body must be a JSON object")
-    if not isinstance(body, dict):
-        return error(400, "body must be a JSON object")
-    return body
+        return await read_json_object(request, 1_000_000)
+    except FormError as exc:
+        return error(413 if exc.limit else 400, exc.message)
 
 
 def queue_permissions(body: dict[str, Any]) -> tuple[list[str] | None, list[str] | None]:
@@ -86,6 +83,8 @@ async def create_queue(request: web.Request) -> web.Response:
 async def delete_queue(request: web.Request) -> web.Response:
     ctx = AppContext.of(request)
     name = request.match_info["name"]
+    if not NAME_PATTERN.match(name):
+        return error(400, "queue names are 1-128 characters: letters, digits and _ . : @ + -")
     deleted = await ctx.db.delete_queue(name)
     ctx.forget_queue(name)
     return web.json_response({"name": name, "deleted": deleted})
@@ -97,6 +96,8 @@ async def queue_length(request: web.Request) -> web.Response:
     if account is None:
         return error(401, "authentication required")
     name = request.match_info["name"]
+    if not NAME_PATTERN.match(name):
+        return error(400, "queue names are 1-128 characters: letters, digits and _ . : @ + -")
     db = AppContext.of(request).db
     # A queue the caller may not read answers exactly like a missing one.
     stats = await db.queue_stats(name) if can_pull(account, name) else []
@@ -144,6 +145,8 @@ async def put_user(request: web.Request) -> web.Response:
 @admin_only
 async def delete_user(request: web.Request) -> web.Response:
     username = request.match_info["username"]
+    if not NAME_PATTERN.match(username):
+        return error(400, "usernames are 1-128 characters: letters, digits and _ . : @ + -")
     deleted = await AppContext.of(request).db.delete_account(username)
     return web.json_response({"username": username, "deleted": deleted})
 
@@ -159,8 +162,11 @@ async def create_token(request: web.Request) -> web.Response:
     if not isinstance(username, str):
         return error(400, "'username' is required")
     ttl = body.get("ttl_seconds")
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
-        return error(400, "'ttl_seconds' must be a positive number or null")
+    if ttl is not None:
+        try:
+            ttl = bounded_number(ttl, "'ttl_seconds'", 0, MAX_TOKEN_TTL_SECONDS)
+        except InputError as exc:
+            return error(400, f"{exc.message} (or null)")
     try:
         pull_queues, submit_queues = queue_permissions(body)
     except ValueError as exc:

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import yaml
@@ -20,45 +19,14 @@ from .context import CONTEXT_KEY, AppContext
 from .db import Database
 from .delivery import CallbackDeliverer
 from .housekeeping import Housekeeper
+from .logs import error_fields
 from .metrics import Metrics
-from .protocol import NOT_FOUND_BODY, SERVER_ERROR_BODY
+from .middleware import edge_checks, last_resort
+from .outage import is_unavailable
 from .storage import make_storage
 from .waiters import QueueWaiters
 
 log = logging.getLogger("xqueue.app")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
-
-
-@web.middleware
-async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Upstream's 404/500 bodies, no stack traces to clients, and request latency metrics."""
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        if exc.status == 404:
-            raise web.HTTPNotFound(text=NOT_FOUND_BODY) from None
-        raise
-    except (asyncio.CancelledError, ConnectionResetError):
-        status = 499
-        raise
-    except Exception:
-        log.exception("unhandled error", extra={"fields": {"path": request.path, "method": request.method}})
-        raise web.HTTPInternalServerError(text=SERVER_ERROR_BODY) from None
-    finally:
-        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-        context = request.app.get(CONTEXT_KEY)
-        # Any string can be an HTTP method; keep the label set bounded.
-        method = request.method if request.method in KNOWN_METHODS else "OTHER"
-        if context is not None:
-            context.metrics.requests.labels(route, method, str(status)).observe(
-                time.perf_counter() - started
-            )
 
 
 async def seed_from_settings(db: Database, settings: Settings) -> None:
@@ -91,9 +59,10 @@ def create_app(settings: Settings) -> web.Application:
         raise ValueError("create_app needs settings.database_url (the CLI starts a local PostgreSQL when unset)")
     app = web.Application(
         middlewares=[
+            last_resort,
             # Upstream (Django APPEND_SLASH) answers 301 for a missing trailing slash.
             web.normalize_path_middleware(append_slash=True, redirect_class=web.HTTPMovedPermanently),
-            errors_and_metrics,
+            edge_checks,
         ],
         client_max_size=settings.max_request_bytes + 1_000_000,
     )
@@ -168,6 +137,9 @@ async def _listen_forever(db: Database, waiters: QueueWaiters, deliverer: Callba
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("LISTEN connection lost; reconnecting", extra={"fields": {"error": repr(exc)}})
+            if is_unavailable(exc, connecting=True):
+                db.health.failed(exc)  # logged once per outage, not once per reconnect attempt
+            else:
+                log.warning("LISTEN connection lost; reconnecting", extra={"fields": error_fields(exc)})
         await asyncio.sleep(delay)
         delay = min(delay * 2, 10.0)

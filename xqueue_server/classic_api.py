@@ -13,14 +13,13 @@ from typing import Any, NoReturn
 from urllib.parse import quote
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from . import protocol as p
 from .auth import can_pull, can_submit, pull_scope, visible_queues
 from .context import AppContext, client_ip, current_account, set_session_cookie
 from .db import Account
-from .storage import new_key
-from .uploads import UploadError, read_submit_form
+from .storage import saving_files
+from .uploads import FormError, read_form, read_submit_form, small_form_limits
 
 log = logging.getLogger("xqueue.classic")
 routes = web.RouteTableDef()
@@ -48,9 +47,9 @@ async def login(request: web.Request) -> web.Response:
         response.set_cookie("csrftoken", ctx.csrf_token(), samesite="Lax", path="/")
         return response
     try:
-        form = await request.post()
-    except (ValueError, web.HTTPException, HttpProcessingError):
-        return reply(p.failure(p.INSUFFICIENT_LOGIN_INFO))
+        form = (await read_form(request, ("username", "password"), small_form_limits(ctx.settings))).fields
+    except FormError as exc:
+        return reply(p.failure(f"{p.INSUFFICIENT_LOGIN_INFO}: {exc.message}"))
     username, password = form.get("username"), form.get("password")
     # Upstream answered 500 when only the username was missing; both missing fields get this message.
     if not isinstance(username, str) or not isinstance(password, str):
@@ -95,8 +94,8 @@ async def submit(request: web.Request) -> web.Response:
         return reply(p.failure(p.SUBMIT_NOT_POST))
     try:
         form = await read_submit_form(request, ctx.settings)
-    except UploadError as exc:
-        return reply(p.failure(exc.message))
+    except FormError as exc:
+        return reply(p.failure(exc.message if exc.limit else f"{p.SUBMIT_INVALID_FORMAT}: {exc.message}"))
     try:
         parsed = p.parse_submit(
             form.fields.get("xqueue_header"),
@@ -111,15 +110,13 @@ async def submit(request: web.Request) -> web.Response:
     # A queue the caller may not use answers exactly like a missing one (nothing learnt by probing).
     if not can_submit(account, parsed.queue_name) or not await ctx.queue_exists(parsed.queue_name):
         return reply(p.failure(p.queue_not_found(parsed.queue_name)))
-    stored: dict[str, str] = {}
-    for filename, data in form.files.items():
-        key = new_key()
-        await ctx.storage.save(key, data)
-        stored[filename] = key
-    submission_id, queue_length, superseded = await ctx.db.insert_submission(
-        parsed.queue_name, parsed.callback_url, parsed.xqueue_header, parsed.xqueue_body, stored,
-        client_ip(request),
-    )
+    # Files are written after the database accepted the row and before it commits (graders are
+    # notified at commit), so a refused row leaves no file and a failed write leaves no row.
+    async with ctx.db.transaction() as tx, saving_files(ctx.storage, form.files) as stored:
+        submission_id, queue_length, superseded = await tx.insert_submission(
+            parsed.queue_name, parsed.callback_url, parsed.xqueue_header, parsed.xqueue_body, stored,
+            client_ip(request),
+        )
     ctx.metrics.submissions.labels(parsed.queue_name).inc()
     if superseded:
         ctx.metrics.superseded.labels(parsed.queue_name).inc(superseded)
@@ -209,9 +206,10 @@ async def put_result(request: web.Request) -> web.Response:
     if request.method != "POST":
         return reply(p.failure(p.PUT_NOT_POST))
     try:
-        form = await request.post()
-    except (ValueError, web.HTTPException, HttpProcessingError):
-        return reply(p.failure(f"{p.INCORRECT_REPLY_FORMAT}: malformed form body"))
+        form = (await read_form(request, ("xqueue_header", "xqueue_body", "results"),
+                                small_form_limits(ctx.settings))).fields
+    except FormError as exc:
+        return reply(p.failure(f"{p.INCORRECT_REPLY_FORMAT}: {exc.message}"))
     bulk = form.get("results")
     if isinstance(bulk, str):
         try:

@@ -19,6 +19,8 @@ from typing import Any
 
 import asyncpg
 
+from .outage import DatabaseHealth, GuardedPool
+
 SQL_DIR = resources.files("xqueue_server") / "sql"
 # A lock id of our own, so concurrent replicas never apply migrations twice.
 MIGRATION_LOCK_ID = 0x58515545  # "XQUE"
@@ -113,9 +115,12 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
 
 
 class Database:
-    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
-        self.pool = pool
+    def __init__(self, pool: GuardedPool | asyncpg.Connection, dsn: str, health: DatabaseHealth) -> None:
+        # Normally the guarded pool (connection errors become DatabaseUnavailable, answered 503, and
+        # an outage is logged once); inside ``transaction`` the block's own connection.
+        self.pool: Any = pool
         self.dsn = dsn
+        self.health = health
 
     @classmethod
     async def connect(cls, dsn: str, min_size: int = 2, max_size: int = 20, wait_seconds: float = 0.0) -> Database:
@@ -128,9 +133,11 @@ class Database:
         while True:
             try:
                 pool = await asyncpg.create_pool(
-                    dsn, min_size=min_size, max_size=max_size, command_timeout=30, reset=_keep_session
+                    dsn, min_size=min_size, max_size=max_size, command_timeout=30, reset=_keep_session,
+                    timeout=10,  # connect timeout: an unreachable host must not hold requests for a minute
                 )
-                return cls(pool, dsn)
+                health = DatabaseHealth()
+                return cls(GuardedPool(pool, health), dsn, health)
             except (OSError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError) as exc:
                 if time.monotonic() + DB_RETRY_SECONDS > deadline:
                     raise
@@ -207,6 +214,12 @@ class Database:
 
     async def queue_length(self, name: str) -> int:
         return int(await self.pool.fetchval(QUERIES["queue_length"], name))
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Database]:
+        """This database's queries on one connection, in one transaction committed when the block ends."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield Database(conn, self.dsn, self.health)
 
     # ------------------------------------------------------------------ submissions
     async def insert_submission(
