@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from . import handout
 from . import protocol as p
 from .auth import can_pull, can_submit, pull_scope, visible_queues
 from .context import AppContext, client_ip, current_account, set_session_cookie
@@ -169,7 +170,13 @@ async def get_submission(request: web.Request) -> web.Response:
     limit = int(bulk) if bulk is not None else 1
     deadline = time.monotonic() + (wait or 0.0)
     grader_id = client_ip(request)
+    woken = False
     while True:
+        if handout.client_gone(request):
+            # The grader left (e.g. its pod stopped): claim nothing for it, and pass on a wake-up it took.
+            if woken:
+                ctx.waiters.notify(queue_name)
+            return reply(p.failure(p.queue_empty(queue_name)))
         claimed = await ctx.db.claim_submissions(
             queue_name, limit, ctx.settings.lease_seconds, ctx.settings.max_pulls, grader_id
         )
@@ -177,24 +184,32 @@ async def get_submission(request: web.Request) -> web.Response:
         if claimed or remaining <= 0 or ctx.waiters.stopping.is_set():
             break
         # Woken by NOTIFY when work arrives; re-check at least every 2 s for expired leases.
-        await ctx.waiters.wait(queue_name, min(remaining, 2.0))
+        woken = await ctx.waiters.wait(queue_name, min(remaining, 2.0), lambda: handout.client_gone(request))
     if not claimed:
         ctx.metrics.empty_pulls.labels(queue_name).inc()
         return reply(p.failure(p.queue_empty(queue_name)))
-    base_url = ctx.public_base_url(request)
-    contents = []
+    try:
+        base_url = ctx.public_base_url(request)
+        contents = []
+        for item in claimed:
+            urls = {name: await ctx.storage.url(key, base_url, ctx.settings.file_url_ttl_seconds)
+                    for name, key in item.files.items()}
+            contents.append(p.submission_content(item.id, item.pullkey, item.xqueue_body, urls))
+        response = reply(p.success(json.dumps(contents[0] if bulk is None else contents)))
+        delivered = await handout.send(request, response)  # written here, so a failed write is seen
+    except BaseException:  # cancelled (server stopping) or a storage error: nobody got these claims
+        await handout.release(ctx.db, ctx.metrics, queue_name, claimed)
+        raise
+    if not delivered:
+        await handout.release(ctx.db, ctx.metrics, queue_name, claimed)
+        return response
     for item in claimed:
-        urls = {name: await ctx.storage.url(key, base_url, ctx.settings.file_url_ttl_seconds)
-                for name, key in item.files.items()}
-        contents.append(p.submission_content(item.id, item.pullkey, item.xqueue_body, urls))
         ctx.metrics.pulls.labels(queue_name).inc()
         if item.was_expired:
             ctx.metrics.lease_expiries.labels(queue_name).inc()
     log.info("submissions pulled", extra={"fields": {
         "queue": queue_name, "ids": [c.id for c in claimed], "grader": grader_id, "account": account.username}})
-    if bulk is None:
-        return reply(p.success(json.dumps(contents[0])))
-    return reply(p.success(json.dumps(contents)))
+    return response
 
 
 @routes.route("*", "/xqueue/put_result/")

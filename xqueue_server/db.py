@@ -260,6 +260,13 @@ class Database:
             for r in sorted(rows, key=lambda r: r["id"])
         ]
 
+    async def release_submissions(self, claims: Sequence[tuple[int, str]]) -> int:
+        """Undo claims (id, pullkey) whose grader never got them; returns how many were released."""
+        row = await self.pool.fetchrow(
+            QUERIES["release_submissions"], [c[0] for c in claims], [c[1] for c in claims]
+        )
+        return int(row["released"])
+
     async def record_result(
         self, submission_id: int, pullkey: str, body: str, queues: Sequence[str] | None = None
     ) -> str:

@@ -23,6 +23,10 @@ class Metrics:
         self.pulls = Counter("xqueue_pulls_total", "Submissions handed to graders", ["queue"], registry=r)
         self.empty_pulls = Counter("xqueue_empty_pulls_total", "get_submission calls that found nothing",
                                    ["queue"], registry=r)
+        self.pulls_released = Counter(
+            "xqueue_pulls_released_total", "Claimed submissions handed back at once: their grader had gone",
+            ["queue"], registry=r,
+        )
         self.lease_expiries = Counter(
             "xqueue_lease_expiries_total", "Pulls of submissions whose previous lease ran out", ["queue"], registry=r
         )

@@ -5,51 +5,64 @@ one LISTEN connection per process. Each notification wakes one waiter of that qu
 waiting), not all of them: waking every grader for one submission would make them race for it and
 multiply the claim queries. A waiter that loses the race anyway simply waits again, and every waiter
 re-checks on its own every few seconds (expired leases are not announced).
+
+A waiter whose grader has closed its connection (``gone``) is passed over: the notification goes to
+the next one, so work never waits for a grader that has left.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict, deque
+from collections.abc import Callable
+
+Gone = Callable[[], bool]
 
 
 class QueueWaiters:
     def __init__(self) -> None:
-        self._waiters: dict[str, deque[asyncio.Future[None]]] = defaultdict(deque)
+        # Each waiter: a future resolved True when woken for work (False: stop, or its grader left).
+        self._waiters: dict[str, deque[tuple[asyncio.Future[bool], Gone | None]]] = defaultdict(deque)
         self.stopping = asyncio.Event()
 
     def notify(self, queue_name: str) -> None:
         waiting = self._waiters.get(queue_name)
         while waiting:
-            future = waiting.popleft()
-            if not future.done():
-                future.set_result(None)
-                return
+            future, gone = waiting.popleft()
+            if future.done():
+                continue
+            if gone is not None and gone():
+                future.set_result(False)  # its handler ends now; the work goes to the next waiter
+                continue
+            future.set_result(True)
+            return
 
     def notify_all(self) -> None:
         for waiting in list(self._waiters.values()):
             while waiting:
-                future = waiting.popleft()
+                future, _gone = waiting.popleft()
                 if not future.done():
-                    future.set_result(None)
+                    future.set_result(False)
 
-    async def wait(self, queue_name: str, seconds: float) -> bool:
-        """Wait up to ``seconds`` for work on ``queue_name``; True when woken by a notification."""
+    async def wait(self, queue_name: str, seconds: float, gone: Gone | None = None) -> bool:
+        """Wait up to ``seconds`` for work on ``queue_name``; True when woken by a notification for it.
+
+        ``gone`` tells whether the waiting grader has left; such a waiter is never handed a wake-up."""
         if seconds <= 0 or self.stopping.is_set():
             return False
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        entry = (future, gone)
         waiting = self._waiters[queue_name]
-        waiting.append(future)
+        waiting.append(entry)
         try:
-            await asyncio.wait_for(future, seconds)
-            return True
+            return await asyncio.wait_for(future, seconds)
         except TimeoutError:
             return False
         finally:
             if not future.done():
                 future.cancel()
             try:
-                waiting.remove(future)
+                waiting.remove(entry)
             except ValueError:
                 pass
             if not waiting:

@@ -181,7 +181,10 @@ class XQueueClient:
                            "http", elapsed)
 
     async def get_submission(self, wait: float | None = None) -> Outcome:
-        """Pull one submission; ``wait`` asks a long-poll capable server to hold the request."""
+        """Pull one submission; ``wait`` asks a long-poll capable server to hold the request.
+
+        Cancelling this call closes its connection (aiohttp never reuses one whose answer is unread),
+        so the server sees at once that this grader stopped waiting; the daemon's drain relies on it."""
         params = {"queue_name": self.queue}
         seconds = self.timeout
         if wait:

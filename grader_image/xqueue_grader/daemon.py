@@ -11,8 +11,8 @@ Pull rhythm per slot:
 SIGTERM (``request_stop``): readiness turns false, idle pulls are cancelled, submissions being
 graded are finished and their results put, then the process exits 0. Cancelling a pull closes its
 connection (aiohttp closes a connection whose request is cancelled), so a parked long-poll ends at
-once and our server neither waits for this grader nor hands it a submission it would never read.  After ``drain_seconds`` whatever is
-still running is abandoned (the server re-offers it).
+once and our server neither waits for this grader nor hands it a submission it would never read.
+After ``drain_seconds`` whatever is still running is abandoned (the server re-offers it).
 """
 
 from __future__ import annotations

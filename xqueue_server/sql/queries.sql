@@ -85,6 +85,21 @@ UPDATE submissions s
  WHERE s.id = next.id
 RETURNING s.id, s.pullkey, s.xqueue_body, s.files, next.pull_count > 0 AS was_expired;
 
+-- name: release_submissions
+-- Claims whose grader went away before the answer reached it ($1 ids with their $2 keys): pullable
+-- again at once, and the pull is not counted (it reached no grader, so it neither moves towards
+-- poison nor counts as an expired lease). Matching the key leaves a claim that moved on alone.
+-- Waiting graders are woken as for a new submission.
+WITH released AS (
+    UPDATE submissions s
+       SET lease_expires_at = NULL, pull_count = greatest(s.pull_count - 1, 0)
+      FROM unnest($1::bigint[], $2::text[]) AS r(id, pullkey)
+     WHERE s.id = r.id AND s.pullkey = r.pullkey AND s.state = 'pending'
+    RETURNING s.queue_name
+)
+SELECT (SELECT count(*) FROM released) AS released,
+       (SELECT count(*) FROM (SELECT pg_notify('xqueue_submissions', queue_name) FROM released) n) AS notified;
+
 -- name: record_result
 -- Fencing: only the key of the latest pull is accepted. The reply and its callback are stored in one
 -- statement, so a stored result always has its outbox row. $4: the queues the caller may pull (NULL: all).
