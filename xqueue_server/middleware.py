@@ -5,7 +5,8 @@
   the query string and the path parameters. Bodies are checked where they are read (``uploads``).
 - ``last_resort`` maps what escapes a handler to a clean reply in the route's own format (the
   XQueue envelope on the classic routes, a JSON error on the admin API): ``DatabaseUnavailable``
-  becomes 503 with Retry-After; anything else is a bug, answered 500 and logged without its message.
+  and ``StorageUnavailable`` become 503 with Retry-After; anything else is a bug, answered 500 and
+  logged without its message.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from .context import CONTEXT_KEY
 from .logs import error_fields
 from .outage import DatabaseUnavailable
 from .protocol import NOT_FOUND_BODY, SERVER_ERROR_BODY, failure
+from .storage import StorageUnavailable
+from .uploads import BROKEN_BODY
 from .validation import text_problem
 
 log = logging.getLogger("xqueue.app")
@@ -29,6 +31,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 RETRY_AFTER_SECONDS = 5
 UNAVAILABLE_MESSAGE = "XQueue is temporarily unavailable (its database cannot be reached); retry later"
+STORAGE_UNAVAILABLE_MESSAGE = "XQueue cannot store files right now; nothing was queued, retry later"
 # Headers some handler reads: credentials, the proxy's client address, the host for file URLs.
 CHECKED_HEADERS = ("Authorization", "Cookie", "X-Real-IP", "Host")
 MAX_CLIENT_IP_CHARS = 255
@@ -103,7 +106,11 @@ async def last_resort(request: web.Request, handler: Handler) -> web.StreamRespo
         status = 503
         return error_response(request.path, 503, UNAVAILABLE_MESSAGE,
                               headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-    except HttpProcessingError:
+    except StorageUnavailable:
+        status = 503  # logged (class only) where it happened
+        return error_response(request.path, 503, STORAGE_UNAVAILABLE_MESSAGE,
+                              headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    except BROKEN_BODY:
         # The body broke off or its framing is malformed while a handler was reading it.
         status = 400
         return error_response(request.path, 400, "Bad request: malformed request body", envelope_status=200)

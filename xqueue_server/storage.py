@@ -20,12 +20,20 @@ from pathlib import Path
 from typing import Protocol
 
 from .config import Settings
+from .logs import error_fields
 
 KEY_PATTERN = re.compile(r"[0-9a-f]{32}")
 SIGNATURE_PATTERN = re.compile(r"[0-9a-f]{64}")
 EXPIRES_PATTERN = re.compile(r"[0-9]{1,12}")
 
 log = logging.getLogger("xqueue.storage")
+
+
+class StorageUnavailable(Exception):
+    """Writing to the file storage failed (disk, bucket); worth retrying. Its text holds no data."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"file storage unavailable ({type(cause).__name__})")
 
 
 def new_key() -> str:
@@ -77,11 +85,15 @@ class LocalStorage:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(target)
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # no half-written file left behind
+            raise
 
     async def url(self, key: str, base_url: str, ttl_seconds: int) -> str:
         expires = int(time.time()) + ttl_seconds
@@ -143,18 +155,21 @@ async def saving_files(storage: Storage, files: dict[str, bytes]) -> AsyncIterat
 
     Use as ``async with saving_files(...) as keys: <insert the row that names keys>``. Files are
     written only after the body succeeded, so a row the database refuses never leaves a file behind;
-    if a write fails, the files written so far are deleted and the error propagates out of the
-    ``async with`` (inside the caller's transaction, so the row is rolled back too).
+    if a write fails, the files written so far are deleted and ``StorageUnavailable`` propagates out
+    of the ``async with`` (inside the caller's transaction, so the row is rolled back too). Only if
+    the connection is lost during the commit itself is the outcome unknown; then the files stay, as
+    a committed row may name them.
     """
     keys = {name: new_key() for name in files}
     yield keys
-    written: list[str] = []
     try:
         for name, data in files.items():
             await storage.save(keys[name], data)
-            written.append(keys[name])
-    except BaseException:
-        await asyncio.shield(discard_files(storage, written))
+    except BaseException as exc:
+        await asyncio.shield(discard_files(storage, keys.values()))
+        if isinstance(exc, Exception):
+            log.warning("could not store a submitted file", extra={"fields": error_fields(exc)})
+            raise StorageUnavailable(exc) from exc
         raise
 
 

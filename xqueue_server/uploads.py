@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web import RequestPayloadError
 
 from .config import Settings
 from .validation import InputError, check_file_name, decode_text, parse_json_object, text_codec
@@ -22,6 +23,8 @@ from .validation import InputError, check_file_name, decode_text, parse_json_obj
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 MAX_FORM_FIELDS = 1000  # Django's DATA_UPLOAD_MAX_NUMBER_FIELDS
 CHUNK = 65536
+# What aiohttp raises while a body streams in when its framing or content encoding is broken.
+BROKEN_BODY = (HttpProcessingError, RequestPayloadError)
 
 
 class FormError(ValueError):
@@ -89,7 +92,7 @@ async def read_form(request: web.Request, names: Collection[str], limits: FormLi
         raise FormError(exc.message) from None
     except web.HTTPRequestEntityTooLarge:
         raise too_large from None
-    except (ValueError, AssertionError, RuntimeError, LookupError, HttpProcessingError):
+    except (ValueError, AssertionError, RuntimeError, LookupError, *BROKEN_BODY):
         # aiohttp's multipart reader reports malformed framing with these; the details only echo input.
         raise FormError("malformed request body") from None
 
@@ -104,7 +107,7 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
             data.extend(chunk)
             if len(data) > max_bytes:
                 raise FormError(f"Request is larger than {max_bytes} bytes", limit=True)
-    except HttpProcessingError:  # broken chunked framing or content encoding
+    except BROKEN_BODY:
         raise FormError("malformed request body") from None
     return bytes(data)
 
