@@ -46,6 +46,17 @@ def next_step(age_seconds: float, attempts: int, settings: Settings, rng: random
     return min(delay, remaining)
 
 
+def describe_failure(exc: BaseException, settings: Settings) -> str:
+    """A failed attempt in words. Timeouts get a fixed text: aiohttp's names the whole URL, which may
+    carry credentials, and says nothing about which limit was hit."""
+    name = type(exc).__name__
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return f"{name}: no connection within {settings.callback_connect_timeout_seconds:g} s"
+    if isinstance(exc, TimeoutError):
+        return f"{name}: no answer within {settings.callback_timeout_seconds:g} s"
+    return f"{name}: {exc}"
+
+
 class CallbackDeliverer:
     def __init__(self, db: Database, settings: Settings, metrics: Metrics) -> None:
         self.db = db
@@ -143,7 +154,7 @@ class CallbackDeliverer:
                 if response.status != 200:
                     error = f"LMS returned status_code={response.status}"
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            error = f"could not connect to LMS: {type(exc).__name__}: {exc}"
+            error = f"could not connect to LMS: {describe_failure(exc, self.settings)}"
         except asyncio.CancelledError:
             # Shutting down mid-attempt: hand the row back now instead of after its invisibility window.
             with contextlib.suppress(Exception):
@@ -170,7 +181,8 @@ class CallbackDeliverer:
                 await self.db.schedule_callback_retry(callback.id, delay, error)
                 log.warning("callback failed; will retry", extra={"fields": {
                     "callback_id": callback.id, "submission_id": callback.submission_id,
-                    "attempts": callback.attempts, "retry_in_seconds": round(delay, 2), "error": error}})
+                    "host": callback.host, "attempts": callback.attempts, "retry_in_seconds": round(delay, 2),
+                    "error": error}})
         except Exception as exc:  # the row stays claimed and comes back after its invisibility window
             log.warning("could not record callback outcome", extra={"fields": {
                 "callback_id": callback.id, "error": repr(exc)}})

@@ -64,8 +64,10 @@ def test_work_goes_to_a_waiting_grader_not_to_one_that_left(xqueue_factory: Any,
     submitted = time.monotonic()
     LMSClient(server).submit("test-pull", fake_lms.callback_url("lp-gone"), "for a live grader")
     waiter.join(timeout=15)
+    handed_over = time.monotonic() - submitted
+    print(f"\nsubmit -> waiting grader has it: {handed_over:.3f} s (a departed grader waited longer)")
     assert result["item"] is not None and result["item"]["xqueue_body"] == "for a live grader"
-    assert time.monotonic() - submitted < 1.5, "the waiting grader was not woken at once"
+    assert handed_over < 1.5, "the waiting grader was not woken at once"
 
 
 def test_work_is_not_leased_to_a_grader_that_left(xqueue_factory: Any, fake_lms: FakeLMS) -> None:
