@@ -8,12 +8,17 @@ grading correctly afterwards.  Limits are small (wall 3 s, CPU 2 s) to keep the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import platform
+import resource
+import shutil
 import socket
+import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +28,9 @@ from xqueue_grader.engine import GradingEngine
 from xqueue_grader.results import GradeResult
 from xqueue_grader.sandbox import SandboxPool
 
-from .conftest import ABUSE_COURSE, EXAMPLES, SECRET_ENV_VALUE, SESSION_UID, TEST_LIMITS, grade
+from .conftest import ABUSE_COURSE, EXAMPLES, SECRET_ENV_VALUE, SESSION_UID, TEST_LIMITS, grade, lms_body
+from .fake_xqueue import FakeXQueue
+from .targets import MODES, DaemonProcess, LocalTarget, RemoteTarget, prlimit, start_target
 
 PROBE = "probe/grade_probe.py"
 ANSWER_SECRET = "ANSWER-SECRET-7f3c91"
@@ -559,3 +566,545 @@ async def test_namespace_and_privilege_tricks_fail(abuse_engine: GradingEngine, 
     """))
     assert observed(result) == "'unshare=denied ptrace=denied mount=denied setuid=denied'\n"
     await assert_still_serving(square_engine, sandbox_pool)
+
+
+# -- same uid: what one process of the grader's uid could do to another ------------------------------
+#
+# In a restricted pod the daemon, the zygote and student code share one uid.  Each class below
+# runs twice: as root with student code under the sandbox uid ("root"), and with daemon, zygote
+# and student code under one unprivileged uid and course files owned by it ("same_uid").
+
+
+@pytest.fixture(scope="module", params=MODES)
+async def target(request: pytest.FixtureRequest) -> AsyncIterator[LocalTarget | RemoteTarget]:
+    started = await start_target(request.param)
+    yield started
+    await started.close()
+
+
+def lexists(path: str) -> bool:
+    return os.path.lexists(path)
+
+
+def write_text(path: str, text: str) -> None:
+    Path(path).write_text(text)
+
+
+def probe_answer(target: LocalTarget | RemoteTarget) -> str:
+    return os.path.join(target.courses["abuse"], "probe", "answer.py")
+
+
+async def target_attempt(target: LocalTarget | RemoteTarget, body: str) -> str:
+    return observed(await target.grade("abuse", PROBE, attempt(body)))
+
+
+async def assert_target_serving(target: LocalTarget | RemoteTarget) -> None:
+    """The next submissions (two problems, one of them reading answer.py) are graded normally."""
+    square = await target.grade("examples", "square/grade_square.py", SQUARE_OK)
+    assert (square.correct, square.score, square.errors) == (True, 1.0, [])
+    right = await target.grade("abuse", PROBE, f"def attempt():\n    return {ANSWER_SECRET!r}\n")
+    assert (right.correct, right.score) == (True, 1.0), right
+    info = await target.info()
+    assert info["healthy"] and info["usable"]
+
+
+OUTCOME_HELPER = """
+    out = []
+    def t(name, call):
+        try:
+            call()
+            out.append(name + "=DONE")
+        except OSError as exc:
+            out.append(name + "=" + type(exc).__name__)
+"""
+
+
+def outcomes(text: str) -> dict[str, str]:
+    """``name=Outcome`` pairs the probe printed (as a repr of a space-separated string)."""
+    pairs = text.strip().strip("'\"").split()
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+@pytest.fixture
+def unix_services() -> Iterator[dict[str, object]]:
+    """Services of the machine reachable through unix sockets (a database, a log daemon): a
+    pathname stream socket, a pathname datagram socket and an abstract stream socket, all
+    open to every uid, recording whatever reaches them."""
+    base = tempfile.mkdtemp(prefix="xqgrader-svc-")
+    os.chmod(base, 0o755)
+    stream_path, dgram_path = os.path.join(base, "db.sock"), os.path.join(base, "log.sock")
+    abstract = f"\0xqgrader-test-{os.getpid()}"
+    listeners = []
+    for address in (stream_path, abstract):
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(address)
+        server.listen(8)
+        server.settimeout(0.2)
+        listeners.append(server)
+    dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dgram.bind(dgram_path)
+    dgram.settimeout(0.2)
+    for path in (stream_path, dgram_path):
+        os.chmod(path, 0o777)
+    reached: list[str] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            for server in listeners:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    continue
+                reached.append("stream")
+                conn.close()
+            try:
+                dgram.recv(100)
+                reached.append("datagram")
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield {"stream": stream_path, "dgram": dgram_path, "abstract": abstract, "reached": reached}
+    stop.set()
+    thread.join(5)
+    for sock in [*listeners, dgram]:
+        sock.close()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_unix_and_other_socket_families_are_denied(target: LocalTarget | RemoteTarget,
+                                                         unix_services: dict[str, object]) -> None:
+    services = unix_services
+    # The services are real: a normal client of another uid reaches them.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.connect(str(services["stream"]))
+    await asyncio.sleep(0.5)
+    assert services["reached"] == ["stream"]
+    services["reached"].clear()  # type: ignore[attr-defined]
+    text = await target_attempt(target, OUTCOME_HELPER + f"""
+    import asyncio, socket
+    def stream(address):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(1)
+        s.connect(address)
+    t("stream", lambda: stream({services["stream"]!r}))
+    t("abstract", lambda: stream({services["abstract"]!r}))
+    t("dgram", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"x", {services["dgram"]!r}))
+    t("pair_dgram", lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)[0].sendto(b"x", {services["dgram"]!r}))
+    t("pair_seqpacket", lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET))
+    t("netlink", lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0))
+    t("inet", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    # A stream pair is connected to itself from birth: usable, and never pointable elsewhere.
+    a, b = socket.socketpair()
+    a.sendall(b"ping")
+    t("pair_stream_works", lambda: b.recv(4) == b"ping" or 1 / 0)
+    t("pair_stream_connect", lambda: a.connect({services["stream"]!r}))
+    t("pair_stream_sendto", lambda: a.sendto(b"x", {services["dgram"]!r}))
+    t("asyncio", lambda: asyncio.run(asyncio.sleep(0)))
+    return " ".join(out)
+    """)
+    result = outcomes(text)
+    denied = ("stream", "abstract", "dgram", "pair_dgram", "pair_seqpacket", "netlink", "inet", "pair_stream_connect")
+    assert {name: result[name] for name in denied} == dict.fromkeys(denied, "PermissionError"), text
+    assert result["pair_stream_sendto"] != "DONE", text
+    assert (result["pair_stream_works"], result["asyncio"]) == ("DONE", "DONE"), text
+    await asyncio.sleep(0.5)
+    assert services["reached"] == [], "student code reached a unix socket service"
+    await assert_target_serving(target)
+
+
+IPC_KEY = 0x58510000 + os.getpid() % 0xFFFF
+MQ_NAME = f"/xqgrader-test-{os.getpid()}"
+IPC_PRELUDE = f"""
+    import ctypes, ctypes.util, errno, os
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        libc.mq_open
+        rt = libc
+    except AttributeError:
+        rt = ctypes.CDLL(ctypes.util.find_library("rt"), use_errno=True)
+    libc.shmat.restype = ctypes.c_void_p
+    KEY, NAME, CREATE = {IPC_KEY}, {MQ_NAME.encode()!r}, 0o1000 | 0o666
+    class Msg(ctypes.Structure):
+        _fields_ = [("mtype", ctypes.c_long), ("mtext", ctypes.c_char * 16)]
+    out = []
+    def failed(name):
+        out.append(name + "=" + errno.errorcode.get(ctypes.get_errno(), "?"))
+"""
+
+
+def remove_ipc_objects() -> None:
+    """Clean-up from outside, for runs without the fix that did leave objects behind."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ipc_rmid = 0
+    shm = libc.shmget(IPC_KEY, 0, 0)
+    if shm != -1:
+        libc.shmctl(shm, ipc_rmid, None)
+    msq = libc.msgget(IPC_KEY, 0)
+    if msq != -1:
+        libc.msgctl(msq, ipc_rmid, None)
+    sem = libc.semget(IPC_KEY, 0, 0)
+    if sem != -1:
+        libc.semctl(sem, 0, ipc_rmid)
+    with contextlib.suppress(AttributeError):
+        libc.mq_unlink(MQ_NAME.encode())
+
+
+def ipc_keys_left() -> list[str]:
+    left = []
+    for kind in ("shm", "msg", "sem"):
+        with contextlib.suppress(OSError), open(f"/proc/sysvipc/{kind}") as fh:
+            for line in fh.read().splitlines()[1:]:
+                if line.split() and int(line.split()[0]) == IPC_KEY:
+                    left.append(kind)
+    return left
+
+
+async def test_ipc_objects_do_not_pass_between_runs(target: LocalTarget | RemoteTarget) -> None:
+    writer = IPC_PRELUDE + """
+    shm = libc.shmget(KEY, 4096, CREATE)
+    if shm == -1:
+        failed("shm")
+    else:
+        ctypes.memmove(libc.shmat(shm, None, 0), b"LEAK-SHM", 8)
+        out.append("shm=WRITTEN")
+    msq = libc.msgget(KEY, CREATE)
+    if msq == -1 or libc.msgsnd(msq, ctypes.byref(Msg(1, b"LEAK-MSG")), 16, 0) != 0:
+        failed("msg")
+    else:
+        out.append("msg=SENT")
+    sem = libc.semget(KEY, 1, CREATE)
+    if sem == -1:
+        failed("sem")
+    else:
+        out.append("sem=CREATED")
+    mq = rt.mq_open(NAME, os.O_CREAT | os.O_RDWR, 0o666, None)
+    if mq == -1 or rt.mq_send(mq, b"LEAK-MQ", 7, 0) != 0:
+        failed("mq")
+    else:
+        out.append("mq=SENT")
+    return " ".join(out)
+    """
+    reader = IPC_PRELUDE + """
+    shm = libc.shmget(KEY, 0, 0)
+    if shm == -1:
+        failed("shm")
+    else:
+        out.append("shm=" + ctypes.string_at(libc.shmat(shm, None, 0), 8).decode())
+    msq = libc.msgget(KEY, 0)
+    message = Msg()
+    if msq == -1 or libc.msgrcv(msq, ctypes.byref(message), 16, 0, 0o4000) < 0:
+        failed("msg")
+    else:
+        out.append("msg=" + message.mtext.decode())
+    if libc.semget(KEY, 0, 0) == -1:
+        failed("sem")
+    else:
+        out.append("sem=FOUND")
+    mq = rt.mq_open(NAME, os.O_RDONLY, 0, None)
+    buffer = ctypes.create_string_buffer(1 << 16)
+    if mq == -1 or rt.mq_receive(mq, buffer, 1 << 16, None) < 0:
+        failed("mq")
+    else:
+        out.append("mq=" + buffer.value.decode())
+    return " ".join(out)
+    """
+    try:
+        written = outcomes(await target_attempt(target, writer))
+        read = await target_attempt(target, reader)
+        left = ipc_keys_left()
+    finally:
+        remove_ipc_objects()
+    assert written == {"shm": "EPERM", "msg": "EPERM", "sem": "EPERM", "mq": "EPERM"}, written
+    assert "LEAK" not in read and "FOUND" not in read, read
+    assert left == [], f"IPC objects outlived the run: {left}"
+    await assert_target_serving(target)
+
+
+def process_settings(pid: int) -> dict[str, object]:
+    """What the test (root) sees of another process: limits, nice, scheduling, CPUs."""
+    return {
+        "nofile": prlimit(pid, resource.RLIMIT_NOFILE),
+        "cpu": prlimit(pid, resource.RLIMIT_CPU),
+        "nice": os.getpriority(os.PRIO_PROCESS, pid),
+        "policy": os.sched_getscheduler(pid),
+        "cpus": os.sched_getaffinity(pid),
+    }
+
+
+async def test_limits_and_priorities_of_other_processes_cannot_change(target: LocalTarget | RemoteTarget) -> None:
+    info = await target.info()
+    daemon, zygote = int(info["pid"]), int(info["zygote_pid"])
+    before = {pid: process_settings(pid) for pid in (daemon, zygote)}
+    ioprio_set = {"x86_64": 251, "aarch64": 30}[platform.machine()]
+    text = await target_attempt(target, OUTCOME_HELPER + f"""
+    import ctypes, os, resource
+    libc = ctypes.CDLL(None, use_errno=True)
+    def ioprio(which, who):
+        if libc.syscall({ioprio_set}, which, who, 3 << 13) != 0:   # the idle I/O class
+            raise OSError(ctypes.get_errno(), "ioprio_set")
+    for label, pid in (("daemon", {daemon}), ("zygote", {zygote}), ("supervisor", os.getppid())):
+        t(label + ".nofile", lambda pid=pid: resource.prlimit(pid, resource.RLIMIT_NOFILE, (4, 4)))
+        t(label + ".cpu", lambda pid=pid: resource.prlimit(pid, resource.RLIMIT_CPU, (1, 1)))
+        t(label + ".nice", lambda pid=pid: os.setpriority(os.PRIO_PROCESS, pid, 19))
+        t(label + ".cpus", lambda pid=pid: os.sched_setaffinity(pid, {{0}}))
+        t(label + ".policy", lambda pid=pid: os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0)))
+        t(label + ".ioprio", lambda pid=pid: ioprio(1, pid))
+    t("group.nice", lambda: os.setpriority(os.PRIO_PGRP, {zygote}, 19))
+    t("user.nice", lambda: os.setpriority(os.PRIO_USER, {target.uid}, 19))
+    t("group.ioprio", lambda: ioprio(2, {zygote}))
+    t("user.ioprio", lambda: ioprio(3, {target.uid}))
+    # Its own limits and priority remain the student's to lower.
+    t("self.nofile", lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32)))
+    t("self.nice", lambda: os.nice(1))
+    t("self.cpus", lambda: os.sched_setaffinity(0, os.sched_getaffinity(0)))
+    return " ".join(out)
+    """)
+    result = outcomes(text)
+    others = {name: value for name, value in result.items() if not name.startswith("self.")}
+    assert len(others) == 22 and set(others.values()) == {"PermissionError"}, text
+    assert [result["self.nofile"], result["self.nice"], result["self.cpus"]] == ["DONE"] * 3, text
+    assert {pid: process_settings(pid) for pid in (daemon, zygote)} == before
+    await assert_target_serving(target)
+
+
+def metadata(path: str) -> tuple[int, int, int | None]:
+    """Mode, owner and (for files; directories change with their entries) modification time."""
+    st = os.stat(path)
+    return st.st_mode, st.st_uid, None if os.path.isdir(path) else st.st_mtime_ns
+
+
+async def test_file_metadata_outside_the_run_cannot_change(target: LocalTarget | RemoteTarget) -> None:
+    info = await target.info()
+    scratch = str(info["scratch"])
+    answer = probe_answer(target)
+    course = target.courses["abuse"]
+    watched = (scratch, answer, course)
+    before = {path: metadata(path) for path in watched}
+    attack = attempt(OUTCOME_HELPER + f"""
+    import os, time
+    scratch = os.path.dirname(os.getcwd())
+    t("scratch.chmod", lambda: os.chmod(scratch, 0))
+    t("scratch.utime", lambda: os.utime(scratch, (0, 0)))
+    t("answer.chmod", lambda: os.chmod({answer!r}, 0))
+    t("answer.chown", lambda: os.chown({answer!r}, -1, -1))
+    t("answer.utime", lambda: os.utime({answer!r}, (0, 0)))
+    t("answer.xattr", lambda: os.setxattr({answer!r}, "user.x", b"1"))
+    t("answer.truncate", lambda: os.truncate({answer!r}, 0))
+    t("course.chmod", lambda: os.chmod({course!r}, 0))
+    # Its own files: denied as well (seccomp cannot see paths); they are made with the right mode.
+    t("own.chmod", lambda: os.chmod("tmp", 0o700))
+    time.sleep(1.5)   # a concurrent run starts meanwhile
+    return " ".join(out)
+    """)
+
+    async def victim() -> GradeResult:
+        await asyncio.sleep(0.5)
+        return await target.grade("abuse", PROBE, attempt("""
+            with open("mine.txt", "w") as fh:
+                fh.write("victim ok")
+            return open("mine.txt").read()
+        """))
+
+    try:
+        attacked, concurrent = await asyncio.gather(target.grade("abuse", PROBE, attack), victim())
+        after = {path: metadata(path) for path in watched}
+    finally:
+        for path, (mode, _uid, mtime) in before.items():
+            os.chmod(path, mode & 0o7777)
+            if mtime is not None:
+                os.utime(path, ns=(mtime, mtime))
+    result = outcomes(observed(attacked))
+    assert set(result.values()) == {"PermissionError"} and len(result) == 9, result
+    assert observed(concurrent) == "'victim ok'\n", "a concurrent run was disturbed"
+    assert after == before
+    await assert_target_serving(target)
+
+
+# -- recovering by itself -------------------------------------------------------------------------
+
+
+@pytest.fixture(params=MODES)
+async def fresh_target(request: pytest.FixtureRequest) -> AsyncIterator[LocalTarget | RemoteTarget]:
+    """A target of its own: these tests damage it from outside."""
+    started = await start_target(request.param)
+    yield started
+    await started.close()
+
+
+async def test_a_damaged_scratch_area_is_replaced(fresh_target: LocalTarget | RemoteTarget) -> None:
+    target = fresh_target
+    info = await target.info()
+    old_scratch, old_zygote = str(info["scratch"]), info["zygote_pid"]
+    # Whatever did it (a kernel without seccomp, an operator, a bug): nobody may use it now.
+    os.chmod(old_scratch, 0)
+    await assert_target_serving(target)
+    info = await target.info()
+    assert info["scratch"] != old_scratch and info["zygote_pid"] != old_zygote
+    assert info["replacements"] == 1
+    assert not lexists(old_scratch), "the damaged scratch area is removed"
+
+
+async def test_a_zygote_with_changed_limits_is_replaced(fresh_target: LocalTarget | RemoteTarget) -> None:
+    target = fresh_target
+    old_zygote = int((await target.info())["zygote_pid"])
+    prlimit(old_zygote, resource.RLIMIT_NOFILE, (16, 16))
+    os.setpriority(os.PRIO_PROCESS, old_zygote, 15)
+    os.sched_setaffinity(old_zygote, {min(os.sched_getaffinity(0))})
+    text = await target_attempt(target, """
+        import os, resource
+        return (resource.getrlimit(resource.RLIMIT_NOFILE), os.getpriority(os.PRIO_PROCESS, 0),
+                len(os.sched_getaffinity(0)))
+    """)
+    # The run got the configured limits, the usual nice 10 and every CPU.
+    assert text == f"({TEST_LIMITS.open_files, TEST_LIMITS.open_files}, 10, {len(os.sched_getaffinity(0))})\n"
+    info = await target.info()
+    assert info["zygote_pid"] != old_zygote and info["replacements"] == 1
+    await assert_target_serving(target)
+
+
+# -- the real daemon, as root or as one unprivileged uid ----------------------------------------------
+
+
+@pytest.fixture
+async def fake_xqueue() -> AsyncIterator[FakeXQueue]:
+    server = await FakeXQueue().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture(params=MODES)
+async def real_daemon(request: pytest.FixtureRequest, fake_xqueue: FakeXQueue) -> AsyncIterator[object]:
+    daemons: list[DaemonProcess] = []
+
+    async def start(**settings: object) -> DaemonProcess:
+        daemon = DaemonProcess(request.param, fake_xqueue.url, fake_xqueue.queue, fake_xqueue.username,
+                               fake_xqueue.password, **settings).start()
+        daemons.append(daemon)
+        await daemon.wait_status("/readyz", 200, 60)
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        await asyncio.to_thread(daemon.stop)
+
+
+async def graded(fake: FakeXQueue, submission_id: int, seconds: float = 30) -> dict[str, object]:
+    deadline = time.monotonic() + seconds
+    while not fake.result_for(submission_id):
+        assert time.monotonic() < deadline, f"submission {submission_id} was not graded"
+        await asyncio.sleep(0.05)
+    (body,) = fake.result_for(submission_id)
+    return body
+
+
+async def test_submissions_cannot_reach_the_daemon_process(real_daemon: object, fake_xqueue: FakeXQueue) -> None:
+    daemon = await real_daemon()  # type: ignore[operator]
+    zygote = daemon.zygote_pid()
+    before = {pid: process_settings(pid) for pid in (daemon.pid, zygote)}
+    attack = fake_xqueue.submit(lms_body(PROBE, attempt(OUTCOME_HELPER + f"""
+    import os, resource, signal
+    for label, pid in (("daemon", {daemon.pid}), ("zygote", {zygote})):
+        t(label + ".nofile", lambda pid=pid: resource.prlimit(pid, resource.RLIMIT_NOFILE, (3, 3)))
+        t(label + ".nice", lambda pid=pid: os.setpriority(os.PRIO_PROCESS, pid, 19))
+        t(label + ".stop", lambda pid=pid: os.kill(pid, signal.SIGSTOP))
+    return " ".join(out)
+    """)))
+    body = await graded(fake_xqueue, attack)
+    assert "DONE" not in str(body["msg"]) and str(body["msg"]).count("PermissionError") == 6, body["msg"]
+    after = {pid: process_settings(pid) for pid in (daemon.pid, zygote)}
+    assert after == before
+    right = fake_xqueue.submit(lms_body(PROBE, f"def attempt():\n    return {ANSWER_SECRET!r}\n"))
+    assert (await graded(fake_xqueue, right))["correct"] is True
+
+
+async def test_a_daemon_that_cannot_grade_stops_being_alive(real_daemon: object) -> None:
+    daemon = await real_daemon(self_test_seconds=0.5, liveness_grace_seconds=2)  # type: ignore[operator]
+    assert (await daemon.get("/healthz"))[0] == 200
+    # Break the sandbox beyond what the daemon can repair: its scratch area and the folder in
+    # which a fresh one would be made are gone, a file stands in the way.
+    os.rename(daemon.scratch_root, daemon.scratch_root + ".gone")
+    write_text(daemon.scratch_root, "in the way")
+    try:
+        await daemon.wait_status("/readyz", 503, 10)
+        reason = await daemon.wait_status("/healthz", 503, 15)
+        assert "sandbox" in reason["status"], reason
+        # Not ready and not alive agree: the kubelet restarts the pod.
+        assert (await daemon.get("/readyz"))[0] == 503
+    finally:
+        os.unlink(daemon.scratch_root)
+        os.rename(daemon.scratch_root + ".gone", daemon.scratch_root)
+
+
+async def test_the_daemon_notices_its_own_limits_changing(real_daemon: object) -> None:
+    daemon = await real_daemon(self_test_seconds=0.5)  # type: ignore[operator]
+    nofile = resource.RLIMIT_NOFILE
+    original = prlimit(daemon.pid, nofile)
+    cut = len(os.listdir(f"/proc/{daemon.pid}/fd")) + 20
+    try:
+        # Soft limit only: any process can put that back, and the daemon does.
+        prlimit(daemon.pid, nofile, (cut, original[1]))
+        await wait_until(lambda: prlimit(daemon.pid, nofile) == original, 10)
+        await daemon.wait_status("/healthz", 200, 10)
+        # The hard limit too: a daemon that may raise it again (privileged) does; otherwise the
+        # pod must be restarted, and liveness says so.
+        prlimit(daemon.pid, nofile, (cut, cut))
+        outcome: list[object] = []
+
+        async def settled() -> bool:
+            status, body = await daemon.get("/healthz")
+            restored = prlimit(daemon.pid, nofile) == original
+            if (restored and status == 200) or (not restored and status == 503):
+                outcome[:] = [restored, body]
+                return True
+            return False
+
+        deadline = time.monotonic() + 10
+        while not await settled():
+            assert time.monotonic() < deadline, "liveness does not reflect the daemon's changed limits"
+            await asyncio.sleep(0.2)
+        restored, body = outcome
+        if not restored:
+            assert "RLIMIT_NOFILE" in body["status"], body  # type: ignore[index]
+    finally:
+        # Raising a hard limit needs CAP_SYS_RESOURCE, which this test may lack as well.
+        put_back = False
+        with contextlib.suppress(OSError):
+            prlimit(daemon.pid, nofile, original)
+            put_back = True
+    if put_back:
+        await daemon.wait_status("/healthz", 200, 10)
+    assert sum("changed from outside" in line["msg"] for line in daemon.log_lines()) <= 3
+
+
+async def wait_until(predicate: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.1)
+
+
+async def test_running_out_of_file_descriptors_is_logged_once(real_daemon: object) -> None:
+    daemon = await real_daemon()  # type: ignore[operator]
+    original = prlimit(daemon.pid, resource.RLIMIT_NOFILE)
+    open_fds = len(os.listdir(f"/proc/{daemon.pid}/fd"))
+    clients: list[socket.socket] = []
+    try:
+        # The soft limit: what the daemon (and this test) can put back without privileges.
+        prlimit(daemon.pid, resource.RLIMIT_NOFILE, (open_fds, original[1]))
+        for _ in range(30):
+            client = socket.create_connection(("127.0.0.1", daemon.port), timeout=2)
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            clients.append(client)
+        await asyncio.sleep(3)
+    finally:
+        prlimit(daemon.pid, resource.RLIMIT_NOFILE, original)
+        for client in clients:
+            client.close()
+    await daemon.wait_status("/healthz", 200, 15)
+    accept_lines = [line for line in daemon.log_lines() if "accept" in line["msg"]]
+    assert 1 <= len(accept_lines) <= 2, f"{len(accept_lines)} log lines about accept()"

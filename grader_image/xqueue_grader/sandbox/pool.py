@@ -351,6 +351,10 @@ class SandboxPool:
                 # once more, so this submission is graded as if nothing had happened.
                 await self.replace(result.unusable, only_if=result.zygote_pid)
                 result = await self._run_once(job, limits)
+                if result.unusable:
+                    # A fresh zygote refuses too: no answer beats a wrong one (the server
+                    # offers the submission again, perhaps to a healthy pod).
+                    raise SandboxUnavailable(f"a fresh sandbox zygote is unusable too: {result.unusable}")
         except SandboxUnavailable as exc:
             self._record(False, str(exc))
             raise

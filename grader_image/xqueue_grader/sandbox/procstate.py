@@ -65,6 +65,13 @@ def restore(baseline: dict[str, Any]) -> list[str]:
         soft, hard = resource.getrlimit(res)
         if [soft, hard] == wanted:
             continue
+        try:
+            # Works when privileged (root on a developer machine) or when only the soft
+            # limit was lowered.
+            resource.setrlimit(res, (wanted[0], wanted[1]))
+            continue
+        except (OSError, ValueError):
+            pass
         target_soft = wanted[0] if hard == resource.RLIM_INFINITY or (
             wanted[0] != resource.RLIM_INFINITY and wanted[0] <= hard) else hard
         with contextlib.suppress(OSError, ValueError):
