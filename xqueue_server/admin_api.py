@@ -194,7 +194,7 @@ async def list_tokens(request: web.Request) -> web.Response:
 @admin_only
 async def revoke_token(request: web.Request) -> web.Response:
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # str.isdigit alone accepts "²", int() does not
         return error(400, "token ids are whole numbers")
     revoked = await AppContext.of(request).db.revoke_tokens([int(raw)])
     return web.json_response({"id": int(raw), "revoked": bool(revoked)})

@@ -426,6 +426,13 @@ def test_admin_routes_check_the_name_in_the_path(xqueue: ServerThread, name: str
                                                                          timeout=10).json()["queues"]]
 
 
+@pytest.mark.parametrize("token_id", ["%C2%B2", "%D9%A1", "1%00", "-1", "1e3", "9" * 30])
+def test_token_ids_in_the_path_are_checked(xqueue: ServerThread, token_id: str) -> None:
+    response = requests.delete(f"{xqueue.url}/api/v1/tokens/{token_id}", timeout=10,
+                               auth=(xqueue.admin.username, xqueue.admin.password))
+    json_error(response)  # "²" passed str.isdigit() and then made int() raise
+
+
 @pytest.mark.parametrize(("key", "query"), [
     ("a" * 32, "expires=99999999999&signature=%C3%A9"),  # non-ASCII: hmac.compare_digest raised TypeError
     ("a" * 32, "expires=99999999999&signature=" + "\u00e9" * 64),
