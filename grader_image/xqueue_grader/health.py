@@ -47,7 +47,7 @@ def readiness(state: HealthState) -> tuple[bool, str]:
         return False, "draining"
     if not state.logged_in:
         return False, "not logged in"
-    if not state.sandbox_running or state.sandbox_failing_for is not None:
+    if not state.sandbox_running or state.sandbox_broken or state.sandbox_failing_for is not None:
         return False, "sandbox not working" + (f": {state.sandbox_problem}" if state.sandbox_problem else "")
     if state.daemon_changes:
         return False, "daemon process settings changed"

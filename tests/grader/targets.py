@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import xqueue_grader
 from xqueue_grader.engine import GradingEngine
 from xqueue_grader.results import GradeResult
 from xqueue_grader.sandbox import Limits, SandboxPool
@@ -32,6 +33,8 @@ from . import as_user
 from .conftest import ABUSE_COURSE, EXAMPLES, SECRET_ENV_VALUE, SESSION_UID, TEST_LIMITS, lms_body, sandbox_settings
 
 HERE = Path(__file__).resolve().parent
+# Child processes import the very package these tests import (not whatever is installed).
+PACKAGE_PARENT = str(Path(xqueue_grader.__file__).resolve().parents[1])
 # Daemon, zygote and student code of the same-uid mode; per session, like SESSION_UID, so that
 # RLIMIT_NPROC (counted per uid) never couples concurrent test sessions.
 SAME_UID = 70000 + os.getpid() % 3000
@@ -123,7 +126,7 @@ class RemoteTarget:
     async def start(self) -> RemoteTarget:
         argv = as_user.command(self.uid, self.uid, [sys.executable, str(HERE / "engine_host.py"),
                                                     json.dumps(self.spec)])
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": PACKAGE_PARENT,
                "XQGRADER_TEST_SECRET": SECRET_ENV_VALUE}
         log = open(self.log_path, "wb")  # noqa: ASYNC230 - a local file, opened once
         with log:
@@ -232,7 +235,8 @@ class DaemonProcess:
         Path(config_path).write_text(json.dumps(config))  # JSON is YAML
         self.env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1",
-            "XQGRADER_SERVER_URL": server_url, "XQGRADER_QUEUE": queue, "XQGRADER_USERNAME": username,
+            "PYTHONPATH": PACKAGE_PARENT, "XQGRADER_SERVER_URL": server_url, "XQGRADER_QUEUE": queue,
+            "XQGRADER_USERNAME": username,
             "XQGRADER_PASSWORD": password, "XQGRADER_GRADER_ROOT": self.grader_root,
             "XQGRADER_HTTP_PORT": str(self.port), "XQGRADER_SLOTS": "2", "XQGRADER_DRAIN_SECONDS": "10",
             "XQGRADER_CONFIG_FILE": config_path,

@@ -282,3 +282,67 @@ async def test_without_both_layers_the_probes_do_succeed(pool_without, tcp_port:
     answer = f"{EXAMPLES}/square/answer.py"
     expected = read_text(answer)[:20] + "\n"
     assert (await script(pool, PROBE_FILE.format(path=answer))).stdout == expected
+
+
+SAME_UID_PROBES = """
+    import ctypes, os, resource, socket
+    libc = ctypes.CDLL(None, use_errno=True)
+    def t(name, call):
+        try:
+            call()
+            print(name, "DONE")
+        except OSError as exc:
+            print(name, type(exc).__name__)
+    def shm():
+        if libc.shmget({key}, 4096, 0o1000 | 0o600) == -1:
+            raise OSError(ctypes.get_errno(), "shmget")
+        libc.shmctl(libc.shmget({key}, 0, 0), 0, None)
+    t("unix", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).close())
+    t("shm", shm)
+    t("prlimit", lambda: resource.prlimit(os.getppid(), resource.RLIMIT_NOFILE))
+    t("chmod", lambda: os.chmod(".", 0o700))
+"""
+
+
+async def test_seccomp_alone_closes_the_same_uid_classes(pool_without) -> None:  # type: ignore[no-untyped-def]
+    pool = await pool_without("landlock", "ipc_namespace")
+    assert pool.features["seccomp"] and not pool.features["landlock"] and not pool.features["ipc_namespace"]
+    result = await script(pool, SAME_UID_PROBES.format(key=0x58520000 + os.getpid() % 0xFFFF))
+    expected = "".join(f"{name} PermissionError\n" for name in ("unix", "shm", "prlimit", "chmod"))
+    assert result.stdout == expected
+
+
+async def test_without_any_layer_the_same_uid_probes_succeed(pool_without) -> None:  # type: ignore[no-untyped-def]
+    """Control for the test above: each probe does detect the hole when there is one."""
+    pool = await pool_without("seccomp", "landlock", "ipc_namespace")
+    result = await script(pool, SAME_UID_PROBES.format(key=0x58530000 + os.getpid() % 0xFFFF))
+    assert result.stdout == "unix DONE\nshm DONE\nprlimit DONE\nchmod DONE\n"
+
+
+def user_namespaces_allowed() -> bool:
+    from xqueue_grader.sandbox.namespaces import ipc_namespace_available
+
+    return ipc_namespace_available()
+
+
+async def test_ipc_namespace_alone_keeps_ipc_objects_per_run(pool_without) -> None:  # type: ignore[no-untyped-def]
+    if not user_namespaces_allowed():
+        pytest.skip("this kernel refuses unprivileged user namespaces: no per-run IPC namespace to test")
+    pool = await pool_without("seccomp")
+    assert pool.features["ipc_namespace"] is True
+    key = 0x58540000 + os.getpid() % 0xFFFF
+    common = f"""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.shmat.restype = ctypes.c_void_p
+        KEY = {key}
+    """
+    writer = await script(pool, common + """
+        segment = libc.shmget(KEY, 4096, 0o1000 | 0o600)
+        ctypes.memmove(libc.shmat(segment, None, 0), b"RUN-ONE", 7)
+        print("written" if segment != -1 else "failed")
+    """)
+    reader = await script(pool, common + """
+        print("found" if libc.shmget(KEY, 0, 0) != -1 else "nothing")
+    """)
+    assert (writer.stdout, reader.stdout) == ("written\n", "nothing\n")
