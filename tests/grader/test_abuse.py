@@ -925,6 +925,28 @@ async def test_file_metadata_outside_the_run_cannot_change(target: LocalTarget |
     await assert_target_serving(target)
 
 
+async def test_grader_processes_and_course_files_are_out_of_reach(target: LocalTarget | RemoteTarget) -> None:
+    """The older classes (secrets, signals) once more, now also under one uid with the daemon."""
+    info = await target.info()
+    daemon, zygote = int(info["pid"]), int(info["zygote_pid"])
+    answer = probe_answer(target)
+    text = await target_attempt(target, OUTCOME_HELPER + f"""
+    import os, signal
+    for label, path in (("answer", {answer!r}), ("daemon_environ", "/proc/{daemon}/environ"),
+                        ("zygote_environ", "/proc/{zygote}/environ"), ("daemon_mem", "/proc/{daemon}/mem")):
+        t("read_" + label, lambda path=path: print(open(path, "rb").read(4096)))
+    # SIGCONT: harmless if it arrived, and permission is all that is asked here.
+    for label, pid in (("daemon", {daemon}), ("zygote", {zygote}), ("supervisor", os.getppid()),
+                       ("everyone", -1), ("zygote_group", -{zygote})):
+        t("signal_" + label, lambda pid=pid: os.kill(pid, signal.SIGCONT))
+    return " ".join(out)
+    """)
+    assert ANSWER_SECRET not in text and SECRET_ENV_VALUE not in text
+    result = outcomes(text)
+    assert len(result) == 9 and set(result.values()) == {"PermissionError"}, text
+    await assert_target_serving(target)
+
+
 # -- recovering by itself -------------------------------------------------------------------------
 
 
