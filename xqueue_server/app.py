@@ -13,6 +13,7 @@ import yaml
 from aiohttp import web
 
 from . import admin_api, classic_api, ops_api
+from .abuse import body_deadline, server_options
 from .auth import Authenticator, hash_for
 from .config import Settings
 from .context import CONTEXT_KEY, AppContext
@@ -23,10 +24,26 @@ from .logs import error_fields
 from .metrics import Metrics
 from .middleware import edge_checks, last_resort
 from .outage import is_unavailable
+from .ratelimit import LoginLimits
 from .storage import make_storage
 from .waiters import QueueWaiters
 
 log = logging.getLogger("xqueue.app")
+
+
+def login_limits(settings: Settings) -> LoginLimits:
+    return LoginLimits(
+        window_seconds=settings.login_failure_window_seconds,
+        per_pair=settings.login_max_failures_per_account_address,
+        per_address=settings.login_max_failures_per_address,
+        per_account=settings.login_max_failures_per_account,
+    )
+
+
+def _count_slow_request(app: web.Application) -> None:
+    context = app.get(CONTEXT_KEY)
+    if context is not None:
+        context.metrics.slow_requests.inc()
 
 
 async def seed_from_settings(db: Database, settings: Settings) -> None:
@@ -63,8 +80,11 @@ def create_app(settings: Settings) -> web.Application:
             # Upstream (Django APPEND_SLASH) answers 301 for a missing trailing slash.
             web.normalize_path_middleware(append_slash=True, redirect_class=web.HTTPMovedPermanently),
             edge_checks,
+            # Innermost: bounds the wait for the body around whatever reads it (slowloris).
+            body_deadline(settings.body_timeout_seconds, lambda: _count_slow_request(app)),
         ],
         client_max_size=settings.max_request_bytes + 1_000_000,
+        handler_args=server_options(settings.header_timeout_seconds),
     )
     app.add_routes(classic_api.routes)
     app.add_routes(admin_api.routes)
@@ -90,7 +110,7 @@ async def _lifecycle(app: web.Application, settings: Settings) -> AsyncIterator[
         ctx = AppContext(
             settings=settings,
             db=db,
-            auth=Authenticator(db, settings.session_max_age_seconds),
+            auth=Authenticator(db, settings.session_max_age_seconds, login_limits(settings), metrics),
             storage=storage,
             metrics=metrics,
             waiters=waiters,

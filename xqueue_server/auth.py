@@ -16,6 +16,8 @@ import secrets
 import asyncpg
 
 from .db import Account, Database
+from .metrics import Metrics
+from .ratelimit import LoginLimits, throttled_message, wait_seconds
 
 # scrypt cost: ~16 MiB and some tens of ms per hash, the usual interactive-login setting.
 SCRYPT_N = 2**14
@@ -86,6 +88,23 @@ async def hash_for(db: Database, username: str, password: str) -> str:
     return await asyncio.to_thread(hash_password, password)
 
 
+class LoginThrottled(Exception):
+    """Too many failed password checks for this username or address; retry after ``retry_after`` s."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(throttled_message(retry_after))
+        self.message = throttled_message(retry_after)
+        self.retry_after = retry_after
+
+
+def _throttle_name(username: str) -> str:
+    # The name as typed goes into the throttle tables; one PostgreSQL cannot store (NUL) or that is
+    # absurdly long is replaced by a digest, so it is still counted.
+    if "\x00" in username or len(username) > 256:
+        return "?" + hashlib.sha256(username.encode(errors="surrogatepass")).hexdigest()
+    return username
+
+
 class Authenticator:
     """Resolves credentials to accounts.
 
@@ -99,9 +118,11 @@ class Authenticator:
     or a deactivated account is refused at once on every replica as well.
     """
 
-    def __init__(self, db: Database, session_max_age: float) -> None:
+    def __init__(self, db: Database, session_max_age: float, limits: LoginLimits, metrics: Metrics) -> None:
         self.db = db
         self.session_max_age = session_max_age
+        self.limits = limits
+        self.metrics = metrics
         self._verified: dict[bytes, str] = {}  # keyed digest of (username, password) -> hash it matched
         self._cache_key = secrets.token_bytes(32)
 
@@ -109,8 +130,28 @@ class Authenticator:
         # Keyed with a per-process secret: the cache holds nothing that helps to guess the password.
         return hmac.new(self._cache_key, f"{username}\0{password}".encode(), hashlib.sha256).digest()
 
-    async def check_password(self, username: str, password: str) -> Account | None:
-        found = None if "\x00" in username else await self.db.get_account_with_hash(username)
+    async def check_password(self, username: str, password: str, address: str = "",
+                             method: str = "login") -> Account | None:
+        """The account, or None for wrong credentials; raises LoginThrottled (see ratelimit.py)
+        without checking the password while (username, address) is over a failure limit."""
+        name = _throttle_name(username)
+        found, state = await self.db.login_state(name, address)
+        wait = wait_seconds(state, self.limits)
+        if wait > 0:
+            self.metrics.login_failures.labels(method, "throttled").inc()
+            raise LoginThrottled(wait)
+        # Parallel attempts that pass the check together are all verified; the few threads running
+        # scrypt bound that overshoot of the limits.
+        account = await self._verify(found, username, password)
+        if account is None:
+            self.metrics.login_failures.labels(method, "bad_credentials").inc()
+            await self.db.record_login_failure(name, address, self.limits.window_seconds)
+            return None
+        if not state.known_address or state.pair is not None:
+            await self.db.record_login_success(account.id, name, address)
+        return account
+
+    async def _verify(self, found: tuple[Account, str, bool] | None, username: str, password: str) -> Account | None:
         if found is None:
             # Spend the same time as a real check so usernames cannot be probed by timing.
             await asyncio.to_thread(verify_password, password, _DUMMY_HASH)
@@ -125,8 +166,8 @@ class Authenticator:
             self._verified[key] = encoded
         return account if active else None
 
-    async def basic(self, username: str, password: str) -> Account | None:
-        return await self.check_password(username, password)
+    async def basic(self, username: str, password: str, address: str = "") -> Account | None:
+        return await self.check_password(username, password, address, method="basic")
 
     async def login(self, account: Account) -> str | None:
         """A new session secret, or None when the account was deleted in the meantime."""

@@ -16,9 +16,10 @@ from aiohttp import web
 
 from . import handout
 from . import protocol as p
-from .auth import can_pull, can_submit, pull_scope, visible_queues
+from .auth import LoginThrottled, can_pull, can_submit, pull_scope, visible_queues
 from .context import AppContext, client_ip, current_account, set_session_cookie
 from .db import Account
+from .ratelimit import retry_after_header
 from .storage import saving_files
 from .uploads import FormError, read_form, read_submit_form, small_form_limits
 
@@ -55,7 +56,14 @@ async def login(request: web.Request) -> web.Response:
     # Upstream answered 500 when only the username was missing; both missing fields get this message.
     if not isinstance(username, str) or not isinstance(password, str):
         return reply(p.failure(p.INSUFFICIENT_LOGIN_INFO))
-    account = await ctx.auth.check_password(username, password)
+    try:
+        account = await ctx.auth.check_password(username, password, client_ip(request))
+    except LoginThrottled as exc:
+        # An application error like the others (HTTP 200, so the LMS shows the message), plus Retry-After.
+        log.info("login throttled", extra={"fields": {"username": username[:128], "ip": client_ip(request)}})
+        response = reply(p.failure(exc.message))
+        response.headers["Retry-After"] = retry_after_header(exc.retry_after)
+        return response
     if account is None:
         log.info("login failed", extra={"fields": {"username": username[:128], "ip": client_ip(request)}})
         return reply(p.failure(p.INCORRECT_CREDENTIALS))

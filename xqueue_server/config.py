@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from .client_address import parse_networks
+
 
 class ConfigError(ValueError):
     """A configuration value is missing or malformed."""
@@ -71,6 +73,15 @@ class Settings:
     users_file: str | None = None  # YAML {username: password} imported at start-up (like update_users)
     session_max_age_seconds: int = 14 * 24 * 3600  # Django's default session age
     session_cookie_secure: bool = False
+
+    # --- abuse resistance (policy in ratelimit.py, client_address.py)
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Real-IP / X-Forwarded-For are believed
+    login_failure_window_seconds: float = 60.0
+    login_max_failures_per_account_address: int = 5
+    login_max_failures_per_address: int = 20
+    login_max_failures_per_account: int = 100  # not applied to addresses the account logged in from
+    header_timeout_seconds: float = 20.0  # request line + headers must arrive within this; also keep-alive idle
+    body_timeout_seconds: float = 60.0  # a request body must arrive completely within this
 
     # --- housekeeping
     retention_days: float = 30.0  # finished submissions (and their files) are deleted after this
@@ -170,3 +181,12 @@ def validate(settings: Settings) -> None:
         raise ConfigError("XQUEUE_CALLBACK_CONNECT_TIMEOUT_SECONDS must be positive")
     if settings.log_format not in ("json", "text"):
         raise ConfigError("XQUEUE_LOG_FORMAT must be 'json' or 'text'")
+    try:
+        parse_networks(settings.trusted_proxies)
+    except ValueError as exc:
+        raise ConfigError(f"XQUEUE_TRUSTED_PROXIES: {exc}") from None
+    for name in ("login_failure_window_seconds", "login_max_failures_per_account_address",
+                 "login_max_failures_per_address", "login_max_failures_per_account",
+                 "header_timeout_seconds", "body_timeout_seconds"):
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"XQUEUE_{name.upper()} must be positive")

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from .auth import Authenticator
+from .abuse import throttled_error
+from .auth import Authenticator, LoginThrottled
+from .client_address import client_address, parse_networks
 from .config import Settings
 from .db import Account, Database
 from .metrics import Metrics
@@ -66,7 +68,9 @@ class AppContext:
 
 
 def client_ip(request: web.Request) -> str:
-    return request.headers.get("X-Real-IP") or request.remote or ""
+    """The client's address; forwarded headers count only from XQUEUE_TRUSTED_PROXIES."""
+    trusted = parse_networks(AppContext.of(request).settings.trusted_proxies)
+    return client_address(request.remote, request.headers, trusted, request.headers.getall("X-Forwarded-For", ()))
 
 
 def set_session_cookie(response: web.Response, secret: str, settings: Settings) -> None:
@@ -104,6 +108,9 @@ async def current_account(request: web.Request) -> Account | None:
     if account is None and header[:6].lower() == "basic " and len(header) < 1000:
         credentials = _basic_credentials(header)
         if credentials is not None:
-            account = await ctx.auth.basic(*credentials)
+            try:
+                account = await ctx.auth.basic(*credentials, client_ip(request))
+            except LoginThrottled as exc:
+                raise throttled_error(request.path, exc.message, exc.retry_after) from None
     request[ACCOUNT_KEY] = account
     return account

@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 
 from .outage import DatabaseHealth, GuardedPool
+from .ratelimit import KNOWN_ADDRESS_SECONDS, FailureWindow, LoginState
 
 SQL_DIR = resources.files("xqueue_server") / "sql"
 # A lock id of our own, so concurrent replicas never apply migrations twice.
@@ -377,7 +378,28 @@ class Database:
         await self.pool.execute(QUERIES["delete_session"], key_hash)
 
     async def delete_expired_sessions(self) -> None:
+        """Expired sessions, and login-throttle state nobody needs any more."""
         await self.pool.execute(QUERIES["delete_expired_sessions"])
+        await self.pool.execute(QUERIES["delete_stale_login_state"], KNOWN_ADDRESS_SECONDS)
+
+    async def login_state(self, username: str, address: str) -> tuple[tuple[Account, str, bool] | None, LoginState]:
+        """The account with its hash and is_active (None when unknown), and the throttle counters of
+        (username, address)."""
+        row = await self.pool.fetchrow(QUERIES["login_state"], username, address, KNOWN_ADDRESS_SECONDS)
+
+        def window(scope: str) -> FailureWindow | None:
+            failures = row[f"{scope}_failures"]
+            return None if failures is None else FailureWindow(failures, row[f"{scope}_age"])
+
+        state = LoginState(window("pair"), window("address"), window("account"), bool(row["known_address"]))
+        found = None if row["id"] is None else (_account(row), row["password_hash"], row["is_active"])
+        return found, state
+
+    async def record_login_failure(self, username: str, address: str, window_seconds: float) -> None:
+        await self.pool.execute(QUERIES["record_login_failure"], username, address, float(window_seconds))
+
+    async def record_login_success(self, account_id: int, username: str, address: str) -> None:
+        await self.pool.execute(QUERIES["record_login_success"], account_id, address, username)
 
     async def create_token(
         self,

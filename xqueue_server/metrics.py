@@ -34,6 +34,15 @@ class Metrics:
             "xqueue_poison_retired_total", "Submissions retired after too many pulls without a result",
             ["queue"], registry=r,
         )
+        self.login_failures = Counter(
+            "xqueue_login_failures_total",
+            "Password checks that failed (bad_credentials) or were refused by the login throttle (throttled)",
+            ["method", "reason"], registry=r,
+        )
+        self.slow_requests = Counter(
+            "xqueue_slow_requests_total", "Requests cut off because their body did not arrive in time",
+            registry=r,
+        )
         self.results = Counter("xqueue_results_total", "put_result outcomes", ["outcome"], registry=r)
         self.callback_attempts = Counter("xqueue_callback_attempts_total", "LMS callback attempts", ["kind"],
                                          registry=r)

@@ -336,3 +336,55 @@ SELECT t.id, a.username, t.pull_queues, t.submit_queues, t.created_at, t.expires
 DELETE FROM api_tokens t USING accounts a
  WHERE a.id = t.account_id AND (t.id = ANY($1::bigint[]) OR a.username = $2)
 RETURNING t.id;
+
+-- name: login_state
+-- One round trip before a password check: the account $1 (NULL columns when unknown), whether the
+-- client address $2 logged in to it with the right password within $3 seconds, and the failure
+-- windows of the (account, address) pair, the address and the account. ratelimit.py decides.
+WITH f AS (
+    SELECT scope, failures, extract(epoch FROM now() - window_start)::float8 AS age
+      FROM login_failures
+     WHERE (scope = 'pair' AND key = $1 || E'\n' || $2) OR (scope = 'address' AND key = $2)
+        OR (scope = 'account' AND key = $1)
+)
+SELECT a.id, a.username, a.password_hash, a.is_admin, a.is_active, a.pull_queues, a.submit_queues,
+       EXISTS (SELECT 1 FROM login_known_addresses k
+                WHERE k.account_id = a.id AND k.address = $2
+                  AND k.last_success_at > now() - make_interval(secs => $3)) AS known_address,
+       (SELECT failures FROM f WHERE scope = 'pair') AS pair_failures,
+       (SELECT age FROM f WHERE scope = 'pair') AS pair_age,
+       (SELECT failures FROM f WHERE scope = 'address') AS address_failures,
+       (SELECT age FROM f WHERE scope = 'address') AS address_age,
+       (SELECT failures FROM f WHERE scope = 'account') AS account_failures,
+       (SELECT age FROM f WHERE scope = 'account') AS account_age
+  FROM (SELECT 1) AS one LEFT JOIN accounts a ON a.username = $1;
+
+-- name: record_login_failure
+-- Counts one failed check of username $1 from address $2 in each scope; a window older than $3
+-- seconds starts over. Rows are always locked in the same scope order, so concurrent calls cannot
+-- deadlock.
+INSERT INTO login_failures AS f (scope, key, window_start, failures)
+VALUES ('account', $1, now(), 1), ('address', $2, now(), 1), ('pair', $1 || E'\n' || $2, now(), 1)
+ON CONFLICT (scope, key) DO UPDATE
+   SET failures = CASE WHEN f.window_start > now() - make_interval(secs => $3) THEN f.failures + 1 ELSE 1 END,
+       window_start = CASE WHEN f.window_start > now() - make_interval(secs => $3) THEN f.window_start
+                           ELSE now() END;
+
+-- name: record_login_success
+-- Account $1 (username $3) proved its password from address $2: the address becomes known and the
+-- pair's failures are forgotten. Called only when the address was not known yet or the pair had
+-- failures, so a busy HTTP-Basic client costs no write per request.
+WITH cleared AS (
+    DELETE FROM login_failures WHERE scope = 'pair' AND key = $3 || E'\n' || $2 RETURNING 1
+)
+INSERT INTO login_known_addresses (account_id, address, last_success_at)
+VALUES ($1, $2, now())
+ON CONFLICT (account_id, address) DO UPDATE SET last_success_at = now();
+
+-- name: delete_stale_login_state
+-- Housekeeping: failure windows older than a day (every window is far shorter) and addresses not
+-- seen for $1 seconds.
+WITH windows AS (
+    DELETE FROM login_failures WHERE window_start < now() - interval '1 day' RETURNING 1
+)
+DELETE FROM login_known_addresses WHERE last_success_at < now() - make_interval(secs => $1);
