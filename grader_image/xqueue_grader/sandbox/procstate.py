@@ -1,5 +1,8 @@
 """What a process inherits that another process of the same uid could change from outside:
-resource limits, nice value, scheduling policy, CPU affinity and I/O priority.
+resource limits, nice value, scheduling policy and I/O priority.
+
+CPU affinity is left out on purpose: the kubelet's CPU manager changes the cpuset of every
+shared-pool container when exclusive CPUs come and go, which would look like tampering.
 
 The zygote records its state once; each supervisor (forked from it) compares before a run, so a
 zygote whose limits were lowered or whose priority was dropped is noticed and replaced instead of
@@ -25,15 +28,18 @@ RLIMITS = {
 }
 _IOPRIO_GET = {"x86_64": 252, "aarch64": 31}
 _IOPRIO_WHO_PROCESS = 1
+_libc: ctypes.CDLL | None = None
 
 
 def _ioprio() -> int | None:
+    global _libc
     number = _IOPRIO_GET.get(platform.machine())
     if number is None:
         return None
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    value = int(libc.syscall(number, _IOPRIO_WHO_PROCESS, 0))
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.syscall.restype = ctypes.c_long
+    value = int(_libc.syscall(number, _IOPRIO_WHO_PROCESS, 0))
     return None if value < 0 else value
 
 
@@ -43,8 +49,6 @@ def snapshot() -> dict[str, Any]:
     state["nice"] = os.getpriority(os.PRIO_PROCESS, 0)
     with contextlib.suppress(OSError, AttributeError):
         state["sched_policy"] = os.sched_getscheduler(0)
-    with contextlib.suppress(OSError, AttributeError):
-        state["affinity"] = sorted(os.sched_getaffinity(0))
     with contextlib.suppress(OSError):
         state["ioprio"] = _ioprio()
     return state
@@ -78,9 +82,6 @@ def restore(baseline: dict[str, Any]) -> list[str]:
             resource.setrlimit(res, (target_soft, hard))
     # Each of these fails without privileges when it would raise our priority; then the
     # difference stays and the caller reports it.
-    if "affinity" in baseline:
-        with contextlib.suppress(OSError, AttributeError, ValueError):
-            os.sched_setaffinity(0, baseline["affinity"])
     if "sched_policy" in baseline:
         with contextlib.suppress(OSError, AttributeError, ValueError):
             os.sched_setscheduler(0, baseline["sched_policy"], os.sched_param(0))

@@ -447,8 +447,8 @@ def supervise(cfg: ZygoteConfig, conn_fd: int) -> int:
 def unusable_reason(cfg: ZygoteConfig) -> str | None:
     """Why runs forked from this zygote would not get the sandbox they are owed, if they would not.
 
-    Another process of our uid may have lowered the zygote's limits, raised its nice value or
-    pinned its CPUs (the seccomp filter forbids it to student code, but not everything has one):
+    Another process of our uid may have lowered the zygote's limits or raised its nice value
+    (the seccomp filter forbids it to student code, but not everything has one):
     every supervisor inherits that state, so it is checked here, before any student code runs.
     """
     if cfg.baseline:
