@@ -16,7 +16,7 @@ OPERATOR_IMAGE = $(IMAGE_REGISTRY)/xqueue-operator:$(IMAGE_TAG)
 GRADER_IMAGE = $(IMAGE_REGISTRY)/xqueue-grader:$(IMAGE_TAG)
 GRADER_DEMO_IMAGE = $(IMAGE_REGISTRY)/xqueue-grader-demo:$(IMAGE_TAG)
 
-.PHONY: help setup system-deps k8s-bins run test test-fast lint bench bench-server bench-grader bench-operator clean \
+.PHONY: help setup system-deps k8s-bins node-bins run test test-fast lint bench bench-server bench-grader bench-operator clean \
 	images kind kind-up kind-images kind-install kind-demo kind-down
 
 help: ## list the targets
@@ -36,15 +36,19 @@ setup: system-deps $(STAMP) ## create .venv and install the project with its tes
 k8s-bins: ## build (or reuse from cache) etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok, helm
 	@bash scripts/ensure-k8s-bins.sh
 
+node-bins: ## build (or reuse from cache) the real test node's kubelet, kube-proxy, crictl, coredns
+	@bash scripts/ensure-node-bins.sh
+
 run: setup ## run the whole job locally: PostgreSQL, XQueue server, grader daemon, demo submissions
 	$(PY) -m xqueue_server.demo
 
-test: setup k8s-bins ## run every test (the command .ci/run uses)
+test: setup k8s-bins node-bins ## run every test (the command .ci/run uses)
 	K8S_TEST_BIN_DIR="$$(bash scripts/ensure-k8s-bins.sh --print-dir)" \
+	K8S_NODE_BIN_DIR="$$(bash scripts/ensure-node-bins.sh --print-dir)" \
 	K8S_TEST_CRD_DIR="$$(bash scripts/ensure-test-crds.sh --print-dir)" $(PY) -m pytest -q -ra
 
 test-fast: setup ## unit and integration tests only (no Kubernetes control plane)
-	$(PY) -m pytest -q -ra -m "not cluster"
+	$(PY) -m pytest -q -ra -m "not cluster and not node"
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check .

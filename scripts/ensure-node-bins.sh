@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Build (or reuse from the cache) the binaries of the real test node (test tier C):
-#   kubelet, kube-proxy (Kubernetes, same version/tags/ldflags as the control plane), crictl, coredns,
-#   and - optional, a failure is recorded, not fatal - kube-network-policies (NetworkPolicy enforcer).
+#   kubelet, kube-proxy (Kubernetes, same version/tags/ldflags as the control plane), crictl, coredns.
 # containerd, runc and the CNI plugins come from Debian (scripts/ensure-system-deps.sh), not from here.
+# Not built: sigs.k8s.io/kube-network-policies (v0.8.0 builds with CGO_ENABLED=0 in ~5 min, but cannot
+# run on these machines: their kernel lacks CONFIG_NFT_QUEUE, and its nftables rules need the `queue`
+# statement; see docs/k8s-test-infra.md).
 #
 # Everything comes from the Go module proxy; nothing built is written inside the repo.
 # Binaries land in  ${XDG_CACHE_HOME:-$HOME/.cache}/xqueue-k8s/node-bin/<key>/  where <key> hashes every
@@ -25,7 +27,7 @@ print_dir=0
 case "${1:-}" in
   --print-dir) print_dir=1 ;;
   "") ;;
-  -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
   *) echo "usage: $0 [--print-dir]" >&2; exit 2 ;;
 esac
 
@@ -38,7 +40,6 @@ NODE_MOD="$ROOT/tools/k8s-node"
 # Versions not pinned by a go.mod of ours (`go install pkg@version`; none has replace directives).
 CRICTL_VERSION="v1.34.0"       # cri-tools: v1.35.0 is not served; v1.34 speaks CRI v1 to containerd 1.6
 COREDNS_VERSION="v1.12.4"      # has the kubernetes plugin; measured in the tier-C spike
-KNP_VERSION="v0.8.0"           # sigs.k8s.io/kube-network-policies, newest served
 # Bump when the layout/contents of the bin dir change without any other input changing.
 LAYOUT_VERSION="1"
 
@@ -80,8 +81,8 @@ key="$(
     for f in "$NODE_MOD/go.mod" "$NODE_MOD/go.sum"; do
       printf '%s\n' "${f#"$ROOT"/}"; cat "$f"
     done
-    printf 'crictl=%s\ncoredns=%s\nknp=%s\nldflags=%s\ncrictl_ldflags=%s\ntags=%s\ngo=%s\nlayout=%s\n' \
-      "$CRICTL_VERSION" "$COREDNS_VERSION" "$KNP_VERSION" "$(k8s_ldflags BUILD_DATE)" "$CRICTL_LDFLAGS" \
+    printf 'crictl=%s\ncoredns=%s\nldflags=%s\ncrictl_ldflags=%s\ntags=%s\ngo=%s\nlayout=%s\n' \
+      "$CRICTL_VERSION" "$COREDNS_VERSION" "$(k8s_ldflags BUILD_DATE)" "$CRICTL_LDFLAGS" \
       "$K8S_TAGS" "$GO_VERSION" "$LAYOUT_VERSION"
   } | sha256sum | cut -c1-16
 )"
@@ -92,8 +93,7 @@ finish() {
     printf '%s\n' "$BIN"
   else
     echo "k8s node binaries ready: $BIN"
-    echo "  (kubelet/kube-proxy $K8S_VERSION, crictl $CRICTL_VERSION, coredns $COREDNS_VERSION," \
-         "kube-network-policies: $(cat "$BIN/KNP_STATUS" 2>/dev/null || echo unknown))"
+    echo "  (kubelet/kube-proxy $K8S_VERSION, crictl $CRICTL_VERSION, coredns $COREDNS_VERSION)"
   fi
   exit 0
 }
@@ -115,7 +115,7 @@ K8S_LDFLAGS="$(k8s_ldflags "${BUILD_DATE:-1970-01-01T00:00:00Z}")"
 TMP="$BIN.tmp"
 rm -rf "$TMP"
 mkdir -p "$TMP"
-log "building into $TMP (kubelet/kube-proxy $K8S_VERSION, crictl $CRICTL_VERSION, coredns $COREDNS_VERSION, kube-network-policies $KNP_VERSION, $GO_VERSION)"
+log "building into $TMP (kubelet/kube-proxy $K8S_VERSION, crictl $CRICTL_VERSION, coredns $COREDNS_VERSION, $GO_VERSION)"
 log "with the control plane's Go build cache warm this takes ~5-10 min on 2 cores; later runs reuse $BIN"
 
 build_kube() {  # build_kube CMD...
@@ -125,11 +125,6 @@ build_kube() {  # build_kube CMD...
 }
 go_install() {  # go_install PKG@VERSION [extra ldflags]
   (cd "$TMP" && GOBIN="$TMP" nice -n 19 go install -trimpath -ldflags="-s -w${2:+ $2}" "$1")
-}
-build_knp() {
-  # The module's main package is .../cmd, so `go install` names the binary "cmd". Pure Go
-  # (google/nftables and go-nfqueue speak netlink directly), so CGO_ENABLED=0 is fine.
-  go_install "sigs.k8s.io/kube-network-policies/cmd@$KNP_VERSION" && mv "$TMP/cmd" "$TMP/kube-network-policies"
 }
 
 timings=()
@@ -145,16 +140,6 @@ t_start=$SECONDS
 
 step crictl go_install "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION" "$CRICTL_LDFLAGS"
 step coredns go_install "github.com/coredns/coredns@$COREDNS_VERSION"
-# Optional: the tier works without it (no NetworkPolicy enforcement); record why if it fails.
-t0=$SECONDS
-log "-> kube-network-policies (optional)"
-if build_knp >"$TMP/knp-build.log" 2>&1; then
-  echo "built $KNP_VERSION" >"$TMP/KNP_STATUS"
-else
-  echo "build of $KNP_VERSION failed: $(tail -n 3 "$TMP/knp-build.log" | tr '\n' ' ')" >"$TMP/KNP_STATUS"
-  log "kube-network-policies did not build (optional): see $BIN/knp-build.log"
-fi
-timings+=("kube-network-policies=$((SECONDS - t0))s")
 # Last: by then the control plane's build (usually run just before) has filled the Go build cache with
 # the packages kubelet shares with kube-apiserver.
 step kubelet+kube-proxy build_kube kubelet kube-proxy
@@ -166,15 +151,15 @@ versions="$(
   "$TMP/kubelet" --version
   "$TMP/kube-proxy" --version
   "$TMP/crictl" --version
-  "$TMP/coredns" -version | head -1
+  # sed, not head: head would exit early and SIGPIPE + pipefail would abort the script.
+  "$TMP/coredns" -version | sed -n 1p
 )"
 grep -q "Kubernetes $K8S_VERSION" <<<"$versions" || die "kubelet does not report $K8S_VERSION: $versions"
 
 {
   echo "key=$key"
-  echo "kubernetes=$K8S_VERSION crictl=$CRICTL_VERSION coredns=$COREDNS_VERSION knp=$KNP_VERSION go=$GO_VERSION"
+  echo "kubernetes=$K8S_VERSION crictl=$CRICTL_VERSION coredns=$COREDNS_VERSION go=$GO_VERSION"
   echo "built_at=$(date -u +%Y-%m-%dT%H:%M:%SZ) total=$((SECONDS - t_start))s ${timings[*]}"
-  echo "kube-network-policies: $(cat "$TMP/KNP_STATUS")"
   echo "$versions"
 } >"$TMP/STAMP"
 

@@ -6,6 +6,9 @@ No Docker, no kubelet: the binaries come from ``scripts/ensure-k8s-bins.sh`` (Go
   ReplicaSets/Pods, no garbage collection, and namespaces never finish deleting.
 * Tier B (kwok cluster): tier A + kube-controller-manager + kube-scheduler + kwok + one fake Node, so
   Deployment -> ReplicaSet -> Pod -> scheduled -> Running/Ready works without a kubelet.
+* Tier C (real node): tier B without kwok and its fake Node; the apiserver can reach kubelets (client
+  cert, InternalIP). The node itself (containerd, kubelet, kube-proxy, CoreDNS) is
+  ``tests.node.realnode.RealNode``, which starts this tier.
 
 Everything listens on 127.0.0.1 only (free ports picked at start), each component writes its own log
 file and runs in its own process group, and ``stop()`` (also registered with ``atexit``) tears down
@@ -42,10 +45,11 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:  # imported lazily at runtime: the manager itself needs only the stdlib
     import kubernetes.client
 
-Tier = Literal["A", "B"]
+Tier = Literal["A", "B", "C"]
 
 TIER_A_BINARIES = ("etcd", "kube-apiserver", "kubectl")
-TIER_B_BINARIES = (*TIER_A_BINARIES, "kube-controller-manager", "kube-scheduler", "kwok")
+TIER_C_BINARIES = (*TIER_A_BINARIES, "kube-controller-manager", "kube-scheduler")
+TIER_B_BINARIES = (*TIER_C_BINARIES, "kwok")
 ALL_BINARIES = (*TIER_B_BINARIES, "helm")
 KWOK_STAGES = "kwok-stages.yaml"
 
@@ -75,7 +79,7 @@ def bin_dir_problem(bin_dir: str | os.PathLike[str] | None, tier: Tier = "B") ->
         return ("K8S_TEST_BIN_DIR is not set; run `make k8s-bins` (or "
                 "`export K8S_TEST_BIN_DIR=$(bash scripts/ensure-k8s-bins.sh --print-dir)`)")
     path = Path(bin_dir)
-    needed = TIER_A_BINARIES if tier == "A" else (*TIER_B_BINARIES, KWOK_STAGES)
+    needed = {"A": TIER_A_BINARIES, "B": (*TIER_B_BINARIES, KWOK_STAGES), "C": TIER_C_BINARIES}[tier]
     missing = [name for name in needed if not (path / name).is_file()]
     if missing:
         return f"K8S_TEST_BIN_DIR={path} lacks {', '.join(missing)}; rebuild with `make k8s-bins`"
@@ -130,6 +134,25 @@ def _signed_cert(pki: Path, name: str, subject: str, extensions: str) -> None:
     _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
              "-CAcreateserial", "-days", "3650", "-sha256", "-extfile", f"{name}.ext",
              "-out", f"{name}.crt", cwd=pki)
+
+
+def sign_cert(pki: Path, name: str, subject: str, *, client: bool = False,
+              server_ips: Sequence[str] = ()) -> tuple[Path, Path]:
+    """A key + certificate ``name`` signed by the CA in ``pki`` (made by ``make_pki``): a client cert
+    (``client=True``; the subject's O/CN are the Kubernetes groups/user) and/or a serving cert for
+    ``server_ips``. Returns (cert, key) paths. Used for the node's components in tier C."""
+    usages = (["clientAuth"] if client else []) + (["serverAuth"] if server_ips else [])
+    if not usages:
+        raise ValueError("a certificate needs client=True or server_ips")
+    ext = ("basicConstraints=critical,CA:FALSE\n"
+           "keyUsage=critical,digitalSignature\n"
+           "subjectKeyIdentifier=hash\n"
+           "authorityKeyIdentifier=keyid,issuer\n"
+           f"extendedKeyUsage={','.join(usages)}\n")
+    if server_ips:
+        ext += "subjectAltName=" + ",".join(f"IP:{ip}" for ip in server_ips) + "\n"
+    _signed_cert(pki, name, subject, ext)
+    return pki / f"{name}.crt", pki / f"{name}.key"
 
 
 def make_pki(pki: Path) -> None:
@@ -263,7 +286,8 @@ def _wait_for(what: str, check: Callable[[], bool], timeout: float, interval: fl
 
 
 class ControlPlane:
-    """etcd + kube-apiserver (tier A), plus controller-manager, scheduler, kwok, fake Node (tier B).
+    """etcd + kube-apiserver (tier A), plus controller-manager, scheduler, kwok, fake Node (tier B);
+    tier C = tier B without kwok and the fake Node, ready for a real kubelet.
 
     Attributes used by tests (keep stable): ``kubeconfig`` (path), ``server`` (https URL),
     ``bin_dir``, ``log_dir``, ``work_dir``, ``kubectl()``, ``helm()``, ``api_client()``,
@@ -278,6 +302,7 @@ class ControlPlane:
         apiserver_timeout: float = 90.0,
         component_timeout: float = 60.0,
         keep_work_dir: bool | None = None,
+        advertise_address: str | None = None,
     ) -> None:
         resolved = bin_dir if bin_dir is not None else os.environ.get("K8S_TEST_BIN_DIR")
         if problem := bin_dir_problem(resolved, tier):
@@ -285,6 +310,9 @@ class ControlPlane:
         assert resolved is not None
         self.bin_dir = Path(resolved).resolve()
         self.tier: Tier = tier
+        # Tier C only: the address the `kubernetes` Service's endpoints point at, so pods can reach
+        # the apiserver (RealNode relays it to the loopback listener). None keeps the tier A/B setup.
+        self.advertise_address = advertise_address
         self.apiserver_timeout = apiserver_timeout
         self.component_timeout = component_timeout
         self._own_work_dir = work_dir is None
@@ -386,6 +414,8 @@ class ControlPlane:
         if self.tier == "A":
             # No controller-manager creates the `default` ServiceAccounts in tier A (as envtest).
             apiserver_args.append("--disable-admission-plugins=ServiceAccount")
+        if self.tier == "C":
+            apiserver_args = self._tier_c_apiserver_args(apiserver_args)
         apiserver = self._spawn("kube-apiserver", apiserver_args)
         self.timings["kube-apiserver"] = _wait_for(
             "kube-apiserver /readyz", lambda: self._get(f"{self.server}/readyz") == 200,
@@ -396,10 +426,67 @@ class ControlPlane:
 
         if self.tier == "B":
             self._start_tier_b()
+        elif self.tier == "C":
+            t = time.monotonic()
+            self._start_controllers()
+            self._wait_default_service_account(self._dead(*self.components))
+            self.timings["tier-c"] = time.monotonic() - t
+
+    def _tier_c_apiserver_args(self, args: list[str]) -> list[str]:
+        """Tier C: a real kubelet registers, serves logs/exec and must be reachable from the apiserver."""
+        p = self.pki_dir
+        sign_cert(p, "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client",
+                  client=True)
+        # Node authorizer + NodeRestriction as in a real cluster: the kubelet (system:node:<name>) may
+        # touch only its own Node and its pods' objects.
+        args = [a for a in args if not a.startswith("--authorization-mode=")]
+        args += [
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            f"--kubelet-client-certificate={p / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
+            # The kubelet's serving cert is signed by our CA for its InternalIP (RealNode does that).
+            f"--kubelet-certificate-authority={p / 'ca.crt'}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
+        if self.advertise_address:
+            # The `kubernetes` Service then points at this address (lease reconciler), so pods reach
+            # the apiserver through kube-proxy; the listener itself stays on 127.0.0.1.
+            args = [a for a in args if not a.startswith(("--advertise-address=", "--endpoint-reconciler-type="))]
+            args += [f"--advertise-address={self.advertise_address}", "--endpoint-reconciler-type=lease"]
+        return args
 
     def _start_tier_b(self) -> None:
-        kubeconfig = str(self.kubeconfig)
         t = time.monotonic()
+        self._start_controllers()
+        key, value = FAKE_NODE_ANNOTATION
+        self._spawn("kwok", [
+            f"--kubeconfig={self.kubeconfig}",
+            f"--config={self.bin_dir / KWOK_STAGES}",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector={key}={value}",
+            f"--cidr={KWOK_POD_CIDR}",
+            "--node-ip=127.0.0.1",
+            "--node-lease-duration-seconds=40",
+        ])
+        alive = self._dead(*self.components)
+        self._create_fake_node()
+        self._wait_default_service_account(alive)
+        # Pods can be scheduled once kwok reported Ready and node-lifecycle removed the not-ready taint
+        # that the TaintNodesByCondition admission plugin puts on every new Node.
+        _wait_for(f"node {FAKE_NODE_NAME} Ready and untainted (kwok + kube-controller-manager)",
+                  self._fake_node_schedulable, self.component_timeout, interval=0.5, alive=alive)
+        self.timings["tier-b"] = time.monotonic() - t
+
+    def _wait_default_service_account(self, alive: Callable[[], str | None]) -> None:
+        # The ServiceAccount admission plugin rejects pods until the serviceaccount controller has
+        # created `default`; its appearance also proves the controller-manager is working.
+        _wait_for("ServiceAccount default/default (kube-controller-manager)",
+                  lambda: self._get(f"{self.server}/api/v1/namespaces/default/serviceaccounts/default")
+                  == 200, self.component_timeout, alive=alive)
+
+    def _start_controllers(self) -> None:
+        kubeconfig = str(self.kubeconfig)
         self._spawn("kube-controller-manager", [
             f"--kubeconfig={kubeconfig}",
             "--leader-elect=false",
@@ -424,28 +511,6 @@ class ControlPlane:
             "--secure-port=0",
             "--profiling=false",
         ])
-        key, value = FAKE_NODE_ANNOTATION
-        self._spawn("kwok", [
-            f"--kubeconfig={kubeconfig}",
-            f"--config={self.bin_dir / KWOK_STAGES}",
-            "--manage-all-nodes=false",
-            f"--manage-nodes-with-annotation-selector={key}={value}",
-            f"--cidr={KWOK_POD_CIDR}",
-            "--node-ip=127.0.0.1",
-            "--node-lease-duration-seconds=40",
-        ])
-        alive = self._dead(*self.components)
-        self._create_fake_node()
-        # The ServiceAccount admission plugin rejects pods until the serviceaccount controller has
-        # created `default`; its appearance also proves the controller-manager is working.
-        _wait_for("ServiceAccount default/default (kube-controller-manager)",
-                  lambda: self._get(f"{self.server}/api/v1/namespaces/default/serviceaccounts/default")
-                  == 200, self.component_timeout, alive=alive)
-        # Pods can be scheduled once kwok reported Ready and node-lifecycle removed the not-ready taint
-        # that the TaintNodesByCondition admission plugin puts on every new Node.
-        _wait_for(f"node {FAKE_NODE_NAME} Ready and untainted (kwok + kube-controller-manager)",
-                  self._fake_node_schedulable, self.component_timeout, interval=0.5, alive=alive)
-        self.timings["tier-b"] = time.monotonic() - t
 
     def _create_fake_node(self) -> None:
         key, value = FAKE_NODE_ANNOTATION
@@ -591,7 +656,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--tier", choices=("A", "B"), default="B")
+    parser.add_argument("--tier", choices=("A", "B", "C"), default="B")
     parser.add_argument("--bin-dir", default=os.environ.get("K8S_TEST_BIN_DIR"))
     parser.add_argument("--once", action="store_true", help="start, print timings, stop")
     opts = parser.parse_args(argv)
