@@ -8,7 +8,8 @@ handlers only ever see text PostgreSQL can hold. Problems raise ``FormError`` wi
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import re
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -23,6 +24,9 @@ from .validation import InputError, check_file_name, decode_text, parse_json_obj
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 MAX_FORM_FIELDS = 1000  # Django's DATA_UPLOAD_MAX_NUMBER_FIELDS
 CHUNK = 65536
+# RFC 2231 extended parameters (name*=charset''value, name*0*=...): aiohttp decodes them with whatever
+# codec the charset names, so the charset is checked against our allow-list first.
+EXTENDED_PARAM_CHARSET = re.compile(r"""\*\s*=\s*"?([^'";]*)'""")
 # What aiohttp raises while a body streams in when its framing or content encoding is broken.
 BROKEN_BODY = (HttpProcessingError, RequestPayloadError)
 
@@ -47,6 +51,7 @@ class FormLimits:
     files_allowed: bool = False  # False: file parts are read (within max_total) and dropped
     max_file: int = 0
     max_files: int = 0
+    max_parts: int = MAX_FORM_FIELDS  # multipart parts of any kind (each costs header parsing)
 
 
 @dataclass
@@ -62,6 +67,8 @@ def submit_limits(settings: Settings) -> FormLimits:
         files_allowed=True,
         max_file=settings.max_file_bytes,
         max_files=settings.max_files,
+        # The LMS sends the header, the body and the files; a little slack for extra fields.
+        max_parts=settings.max_files + 10,
     )
 
 
@@ -70,12 +77,17 @@ def small_form_limits(settings: Settings) -> FormLimits:
     return FormLimits(max_total=settings.max_request_bytes, max_field=settings.max_request_bytes)
 
 
-async def read_submit_form(request: web.Request, settings: Settings) -> SubmitForm:
-    return await read_form(request, ("xqueue_header", "xqueue_body"), submit_limits(settings))
+async def read_submit_form(request: web.Request, settings: Settings,
+                           on_field: Callable[[str, str], Awaitable[None]] | None = None) -> SubmitForm:
+    return await read_form(request, ("xqueue_header", "xqueue_body"), submit_limits(settings), on_field)
 
 
-async def read_form(request: web.Request, names: Collection[str], limits: FormLimits) -> SubmitForm:
-    """The named text fields (and files, when allowed) of an urlencoded or multipart body."""
+async def read_form(request: web.Request, names: Collection[str], limits: FormLimits,
+                    on_field: Callable[[str, str], Awaitable[None]] | None = None) -> SubmitForm:
+    """The named text fields (and files, when allowed) of an urlencoded or multipart body.
+
+    ``on_field(name, text)`` sees each named multipart field as soon as it is complete, before the
+    parts after it are read, and may raise to stop reading (submit checks the queue right there)."""
     too_large = FormError(f"Request is larger than {limits.max_total} bytes", limit=True)
     if request.content_length is not None and request.content_length > limits.max_total:
         raise too_large
@@ -84,7 +96,7 @@ async def read_form(request: web.Request, names: Collection[str], limits: FormLi
         raise FormError("Content-Type must be application/x-www-form-urlencoded or multipart/form-data")
     try:
         if content_type == "multipart/form-data":
-            return await _read_multipart(request, names, limits)
+            return await _read_multipart(request, names, limits, on_field)
         return await _read_urlencoded(request, names, limits)
     except FormError:
         raise
@@ -149,7 +161,8 @@ def _add_field(form: SubmitForm, name: str, value: str, limits: FormLimits) -> N
     form.fields[name] = value
 
 
-async def _read_multipart(request: web.Request, names: Collection[str], limits: FormLimits) -> SubmitForm:
+async def _read_multipart(request: web.Request, names: Collection[str], limits: FormLimits,
+                          on_field: Callable[[str, str], Awaitable[None]] | None = None) -> SubmitForm:
     form = SubmitForm()
     total = 0
     reader = await request.multipart()
@@ -159,8 +172,10 @@ async def _read_multipart(request: web.Request, names: Collection[str], limits: 
         if part is None:
             return form
         parts += 1
-        if parts > MAX_FORM_FIELDS:
-            raise FormError(f"more than {MAX_FORM_FIELDS} form fields")
+        if parts > limits.max_parts:
+            raise FormError(f"more than {limits.max_parts} form parts", limit=True)
+        for charset in EXTENDED_PARAM_CHARSET.findall(part.headers.get("Content-Disposition", "")):
+            text_codec(charset)
         if not isinstance(part, BodyPartReader) or not part.name:
             raise FormError("unexpected multipart part (nested, or without a name)")
         is_file = part.filename is not None
@@ -195,3 +210,5 @@ async def _read_multipart(request: web.Request, names: Collection[str], limits: 
         else:
             codec = text_codec(part.get_charset(default="utf-8"))
             _add_field(form, part.name, decode_text(bytes(data), codec, f"field '{part.name}'"), limits)
+            if on_field is not None:
+                await on_field(part.name, form.fields[part.name])

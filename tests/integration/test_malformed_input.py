@@ -210,6 +210,12 @@ def test_exotic_charsets_are_refused_on_every_body(xqueue: ServerThread, queue_n
         body, headers = multipart(parts)
         content = envelope_error(lms.post(f"{xqueue.url}{path}", data=body, headers=headers, timeout=10))
         assert "unsupported charset" in content, (path, content)
+    # The charset of an RFC 2231 file name (name*=charset''...) is a part's charset too.
+    body, headers = multipart([field("xqueue_header", header.encode()), field("xqueue_body", b""),
+                               (b"Content-Disposition: form-data; name*=" + charset.encode() + b"''a.py; filename=f",
+                                b"code")])
+    content = envelope_error(lms.post(f"{xqueue.url}/xqueue/submit/", data=body, headers=headers, timeout=10))
+    assert "unsupported charset" in content, content
     admin = requests.put(f"{xqueue.url}/api/v1/users/charset-user", data=b'{"password": "\\\\ud800-long-enough"}',
                          headers={"Content-Type": f"application/json; charset={charset}"},
                          auth=(xqueue.admin.username, xqueue.admin.password), timeout=10)
