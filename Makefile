@@ -42,6 +42,11 @@ node-bins: ## build (or reuse from cache) the real test node's kubelet, kube-pro
 run: setup ## run the whole job locally: PostgreSQL, XQueue server, grader daemon, demo submissions
 	$(PY) -m xqueue_server.demo
 
+# Optional, as root: the whole system in Kubernetes here (local control plane + one real kubelet node).
+.PHONY: cluster-demo bench-cluster
+cluster-demo: setup ## optional (root): chart + course + LMS in real pods on a local node, grades, kubectl until Ctrl-C
+	bash scripts/cluster-demo.sh
+
 test: setup k8s-bins node-bins ## run every test (the command .ci/run uses)
 	K8S_TEST_BIN_DIR="$$(bash scripts/ensure-k8s-bins.sh --print-dir)" \
 	K8S_NODE_BIN_DIR="$$(bash scripts/ensure-node-bins.sh --print-dir)" \
@@ -63,6 +68,10 @@ bench-grader: setup ## sandbox overhead and graded submissions/s
 
 bench-operator: setup k8s-bins ## operator: create->status latency, scale reaction, memory at 1000 CourseGraders
 	K8S_TEST_BIN_DIR="$$(bash scripts/ensure-k8s-bins.sh --print-dir)" $(PY) bench/operator_bench.py
+
+bench-cluster: setup k8s-bins node-bins ## (root) real pods: helm install -> first grade, 200-burst fixed vs autoscaled
+	K8S_TEST_BIN_DIR="$$(bash scripts/ensure-k8s-bins.sh --print-dir)" \
+	K8S_NODE_BIN_DIR="$$(bash scripts/ensure-node-bins.sh --print-dir)" $(PY) bench/cluster_bench.py
 
 images: ## build the server, operator, grader and grader-demo images (docker or podman; IMAGE_REGISTRY, IMAGE_TAG)
 	@if [ -z "$(CONTAINER_TOOL)" ]; then \

@@ -317,19 +317,20 @@ def _apply_and_time(system: InstalledSystem, name: str, action: Callable[[], Any
 
 
 @contextlib.contextmanager
-def install_system(cluster: Cluster, namespace: str, *, release: str | None = None,
+def install_system(cluster: Cluster, namespace: str, *, release: str | None = None, queue: str | None = None,
                    coursegrader_overrides: Mapping[str, Any] | None = None,
                    helm_args: Sequence[str] = (), install_timeout: float = 420,
                    ready_timeout: float = 300, keep: bool = False) -> Iterator[InstalledSystem]:
     """Install chart + CourseGrader + LMS into ``namespace`` (Pod Security restricted) and yield the handles.
 
+    ``queue`` is the course queue (default: a fresh ``demo-<hex>``);
     ``coursegrader_overrides`` merge into the CourseGrader's spec (e.g. ``{"scaling": {"maxReplicas": 4}}``),
     ``helm_args`` are appended to ``helm install`` (e.g. ``["--set", "server.replicas=1"]``). ``keep``
-    leaves everything installed on exit (the demo removes the whole cluster instead).
+    leaves the Kubernetes objects on exit, for callers that remove the whole cluster next (the demo).
     """
     release = release or f"xq-{uuid.uuid4().hex[:6]}"
     system = InstalledSystem(cluster=cluster, namespace=namespace, release=release,
-                             coursegrader="demo-course", queue=f"demo-{uuid.uuid4().hex[:8]}")
+                             coursegrader="demo-course", queue=queue or f"demo-{uuid.uuid4().hex[:8]}")
     images = cluster.images
     files_dir = Path(tempfile.mkdtemp(prefix=f"xqueue-files-{namespace}-"))
     pv_name = f"xqueue-files-{namespace}"[:253]
@@ -370,9 +371,7 @@ def install_system(cluster: Cluster, namespace: str, *, release: str | None = No
     finally:
         if installed and not keep:
             uninstall(system, pv_name)
-            shutil.rmtree(files_dir, ignore_errors=True)
-        elif not installed:
-            shutil.rmtree(files_dir, ignore_errors=True)
+        shutil.rmtree(files_dir, ignore_errors=True)
 
 
 def _is_ready(cg: Mapping[str, Any]) -> bool:
