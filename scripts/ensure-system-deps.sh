@@ -2,6 +2,12 @@
 # Installs the Debian packages the project needs, only when they are missing:
 # PostgreSQL server binaries (initdb/pg_ctl, used by the local run and the test fixtures),
 # git (the grader fetches course repositories) and libseccomp2 (the sandbox's network filter).
+#
+# As root, also what builds container images without Docker (buildah, mmdebstrap: scripts/build-images.sh)
+# and runs the real test node (containerd, runc, containernetworking-plugins, iptables, conntrack).
+# Both need root, so a non-root developer's machine is left alone; each package is looked for by its
+# binary, so Docker's own containerd/runc count as present (Debian's containerd conflicts with Docker's
+# containerd.io). XQ_NODE_DEPS=0 skips them.
 set -euo pipefail
 need=()
 pg_found=0
@@ -12,7 +18,25 @@ command -v initdb >/dev/null 2>&1 && pg_found=1
 [[ $pg_found == 1 ]] || need+=(postgresql)
 command -v git >/dev/null 2>&1 || need+=(git)
 ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || need+=(libseccomp2)
+
+if [[ $(id -u) == 0 && "${XQ_NODE_DEPS:-1}" != 0 && "$(uname -s)" == Linux ]]; then
+  # package:file-it-provides (PATH is searched for bare names)
+  for entry in buildah:buildah mmdebstrap:mmdebstrap containerd:containerd runc:runc \
+    containernetworking-plugins:/usr/lib/cni/bridge iptables:iptables conntrack:conntrack; do
+    pkg="${entry%%:*}"
+    file="${entry#*:}"
+    if [[ "$file" == /* ]]; then
+      [[ -e "$file" ]] || need+=("$pkg")
+    else
+      # sbin is not on every root PATH
+      PATH="$PATH:/usr/sbin:/sbin" command -v "$file" >/dev/null 2>&1 || need+=("$pkg")
+    fi
+  done
+fi
+
 if ((${#need[@]})); then
+  command -v apt-get >/dev/null 2>&1 ||
+    { echo "missing system packages (install them with your package manager): ${need[*]}" >&2; exit 1; }
   echo "installing Debian packages: ${need[*]}"
   if [[ $(id -u) != 0 ]]; then SUDO=sudo; else SUDO=; fi
   $SUDO apt-get update -qq
