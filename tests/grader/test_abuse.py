@@ -964,6 +964,10 @@ async def test_a_damaged_scratch_area_is_replaced(fresh_target: LocalTarget | Re
     old_scratch, old_zygote = str(info["scratch"]), info["zygote_pid"]
     # Whatever did it (a kernel without seccomp, an operator, a bug): nobody may use it now.
     os.chmod(old_scratch, 0)
+    # Two submissions at once meet the damage; the zygote is replaced once, both are graded.
+    both = await asyncio.gather(target.grade("examples", "square/grade_square.py", SQUARE_OK),
+                                target.grade("abuse", PROBE, f"def attempt():\n    return {ANSWER_SECRET!r}\n"))
+    assert [(r.correct, r.score, r.errors) for r in both] == [(True, 1.0, [])] * 2
     await assert_target_serving(target)
     info = await target.info()
     assert info["scratch"] != old_scratch and info["zygote_pid"] != old_zygote

@@ -306,11 +306,14 @@ class SandboxPool:
             return
         if self._closed:
             raise SandboxUnavailable("sandbox pool is closed")
-        self._count_restart("keeps dying")
-        log.warning("sandbox zygote is not running; starting it again")
         async with self._start_lock:
-            if not self.healthy:
-                await self._spawn()
+            # Runs waiting here while another one restarts or replaces the zygote find it
+            # running afterwards: only a real restart counts against the budget.
+            if self.healthy:
+                return
+            self._count_restart("keeps dying")
+            log.warning("sandbox zygote is not running; starting it again")
+            await self._spawn()
 
     async def replace(self, reason: str, only_if: int | None = None) -> None:
         """Throw the zygote and its scratch directory away and start afresh (bounded per minute).
