@@ -7,14 +7,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-# Container images (`make images`): docker, else podman; IMAGE_REGISTRY/IMAGE_TAG name them.
-CONTAINER_TOOL ?= $(shell command -v docker >/dev/null 2>&1 && echo docker || { command -v podman >/dev/null 2>&1 && echo podman; })
+# Container images (`make images`, scripts/build-images.sh): CONTAINER_TOOL if set, else docker or podman when
+# usable (IMAGE_REGISTRY/IMAGE_TAG name their images), else buildah (content-keyed localhost/xqueue-k8s/...
+# images and docker-archives, cached).
+CONTAINER_TOOL ?=
 IMAGE_REGISTRY ?= ghcr.io/xqueue-k8s
 IMAGE_TAG ?= dev
-SERVER_IMAGE = $(IMAGE_REGISTRY)/xqueue-server:$(IMAGE_TAG)
-OPERATOR_IMAGE = $(IMAGE_REGISTRY)/xqueue-operator:$(IMAGE_TAG)
-GRADER_IMAGE = $(IMAGE_REGISTRY)/xqueue-grader:$(IMAGE_TAG)
-GRADER_DEMO_IMAGE = $(IMAGE_REGISTRY)/xqueue-grader-demo:$(IMAGE_TAG)
 
 .PHONY: help setup system-deps k8s-bins node-bins run test test-fast lint bench bench-server bench-grader bench-operator clean \
 	images kind kind-up kind-images kind-install kind-demo kind-down
@@ -73,13 +71,9 @@ bench-cluster: setup k8s-bins node-bins ## (root) real pods: helm install -> fir
 	K8S_TEST_BIN_DIR="$$(bash scripts/ensure-k8s-bins.sh --print-dir)" \
 	K8S_NODE_BIN_DIR="$$(bash scripts/ensure-node-bins.sh --print-dir)" $(PY) bench/cluster_bench.py
 
-images: ## build the server, operator, grader and grader-demo images (docker or podman; IMAGE_REGISTRY, IMAGE_TAG)
-	@if [ -z "$(CONTAINER_TOOL)" ]; then \
-	  echo "make images: neither docker nor podman is on PATH; install one of them (or set CONTAINER_TOOL)" >&2; exit 1; fi
-	$(CONTAINER_TOOL) build -f images/server/Dockerfile -t $(SERVER_IMAGE) .
-	$(CONTAINER_TOOL) build -f images/operator/Dockerfile -t $(OPERATOR_IMAGE) .
-	$(CONTAINER_TOOL) build -f grader_image/Dockerfile --target grader -t $(GRADER_IMAGE) .
-	$(CONTAINER_TOOL) build -f grader_image/Dockerfile --target demo -t $(GRADER_DEMO_IMAGE) .
+images: ## build the images: docker or podman (IMAGE_REGISTRY, IMAGE_TAG), else buildah (cached, no daemon)
+	@CONTAINER_TOOL="$(CONTAINER_TOOL)" IMAGE_REGISTRY="$(IMAGE_REGISTRY)" IMAGE_TAG="$(IMAGE_TAG)" \
+	  bash scripts/build-images.sh
 
 # The whole system on a local kind cluster (scripts/kind-demo.sh). Needs Docker (or podman) and internet
 # access for the kind node image and the PostgreSQL image, so CI does not run these.
