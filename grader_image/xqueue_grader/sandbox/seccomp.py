@@ -217,8 +217,3 @@ def compile_filter(protected_pids: Iterable[int], *, deny_path_truncate: bool = 
         os.lseek(fh.fileno(), 0, os.SEEK_SET)
         bpf = fh.read()
     return CompiledFilter(bpf)
-
-
-# What each filter covers, for the self-test report.
-def classes() -> list[str]:
-    return ["escape", "sockets", "sysv_ipc", "process_control", "file_metadata", "signals"]
