@@ -93,6 +93,27 @@ async def status(request: web.Request) -> web.Response:
     return reply(p.success(p.STATUS_OK))
 
 
+NO_SUBMIT_RIGHTS = "This account may not submit to any queue"
+
+
+class QueueRefused(Exception):
+    def __init__(self, queue: str) -> None:
+        super().__init__(queue)
+        self.queue = queue
+
+
+def queue_name_of(header: str) -> str | None:
+    """The queue an xqueue_header names, coerced like ``protocol.parse_submit``; None if it names none
+    (the full validation comes later)."""
+    try:
+        decoded = json.loads(header)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(decoded, dict) or isinstance(decoded.get("queue_name"), dict | list | None):
+        return None
+    return str(decoded["queue_name"])
+
+
 @routes.route("*", "/xqueue/submit/")
 async def submit(request: web.Request) -> web.Response:
     ctx = AppContext.of(request)
@@ -101,8 +122,20 @@ async def submit(request: web.Request) -> web.Response:
         return redirect_to_login(request)
     if request.method != "POST":
         return reply(p.failure(p.SUBMIT_NOT_POST))
+    if not account.is_admin and account.submit_queues == ():
+        return reply(p.failure(NO_SUBMIT_RIGHTS))  # before a byte of a possibly large body is read
+
+    async def check_queue(name: str, text: str) -> None:
+        # The LMS sends xqueue_header before the files: a queue this account may not use (or that
+        # does not exist) is refused before the files are read.
+        queue = queue_name_of(text) if name == "xqueue_header" else None
+        if queue is not None and not (can_submit(account, queue) and await ctx.queue_exists(queue)):
+            raise QueueRefused(queue)
+
     try:
-        form = await read_submit_form(request, ctx.settings)
+        form = await read_submit_form(request, ctx.settings, check_queue)
+    except QueueRefused as exc:
+        return reply(p.failure(p.queue_not_found(exc.queue)))
     except FormError as exc:
         return reply(p.failure(exc.message if exc.limit else f"{p.SUBMIT_INVALID_FORMAT}: {exc.message}"))
     try:

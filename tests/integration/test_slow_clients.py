@@ -5,6 +5,7 @@ while slow-but-finished requests and long-polls are served as usual."""
 from __future__ import annotations
 
 import base64
+import json
 import re
 import select
 import socket
@@ -154,3 +155,77 @@ def test_many_dribbling_connections_do_not_stay(server: ServerThread, many_slow_
     assert requests.get(f"{server.url}/xqueue/status/", timeout=10).json()["content"] == "OK"
     deadline = time.monotonic() + 6
     assert all(closed_within(sock, max(0.1, deadline - time.monotonic())) for sock in many_slow_sockets)
+
+
+def multipart_submit_head(server: ServerThread, username: str, password: str, queue: str,
+                          file_bytes: int) -> tuple[bytes, bytes, int]:
+    """(request head, the body's first part up to the file's content, total Content-Length) of an
+    LMS-style multipart submit whose header part comes first, as the LMS sends it."""
+    header = json.dumps({"lms_callback_url": "http://127.0.0.1:9/cb", "lms_key": "k", "queue_name": queue})
+    start = (f'--bnd\r\nContent-Disposition: form-data; name="xqueue_header"\r\n\r\n{header}\r\n'
+             f'--bnd\r\nContent-Disposition: form-data; name="xqueue_body"\r\n\r\n{{}}\r\n'
+             f'--bnd\r\nContent-Disposition: form-data; name="code.py"; filename="code.py"\r\n\r\n').encode()
+    length = len(start) + file_bytes + len(b"\r\n--bnd--\r\n")
+    credentials = base64.b64encode(f"{username}:{password}".encode()).decode()
+    head = (f"POST /xqueue/submit/ HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {credentials}\r\n"
+            f"Content-Type: multipart/form-data; boundary=bnd\r\nContent-Length: {length}\r\n\r\n").encode()
+    return head, start, length
+
+
+def answer_without_the_rest(server: ServerThread, head: bytes, start: bytes) -> tuple[float, bytes]:
+    """Send the head and the start of a large body, then wait: (seconds to the answer, the answer)."""
+    with connect(server) as sock:
+        sock.sendall(head + start + b"x" * 65536)
+        started = time.monotonic()
+        sock.settimeout(10)
+        received = b""
+        try:
+            while b"}" not in received:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+        except TimeoutError:
+            pass
+        return time.monotonic() - started, received
+
+
+def test_submit_checks_the_queue_right_before_reading_the_files(server: ServerThread) -> None:
+    """A 15 MB submission to a queue the account may not use (or that does not exist) is refused as
+    soon as its header part has arrived, not after the files (nor after the body timeout)."""
+    api = requests.Session()
+    api.auth = (server.admin.username, server.admin.password)
+    assert api.put(f"{server.url}/api/v1/queues/other", timeout=10).status_code == 201
+    assert api.put(f"{server.url}/api/v1/users/lms-one", json={
+        "password": "lms-one-password", "submit_queues": ["test-pull"], "pull_queues": []}, timeout=10).ok
+    for queue in ("other", "does-not-exist"):
+        head, start, _length = multipart_submit_head(server, "lms-one", "lms-one-password", queue, 15_000_000)
+        elapsed, received = answer_without_the_rest(server, head, start)
+        assert received.startswith(b"HTTP/1.1 200 "), received[:300]
+        assert received.endswith(json.dumps({"return_code": 1, "content": f"Queue '{queue}' not found"}).encode())
+        assert elapsed < 1.5  # the body timeout is 2 s: this answer did not wait for it
+    # An account that may submit nowhere is refused before any of the body is read.
+    assert api.put(f"{server.url}/api/v1/users/pull-only", json={
+        "password": "pull-only-password", "submit_queues": [], "pull_queues": ["test-pull"]}, timeout=10).ok
+    head, start, _length = multipart_submit_head(server, "pull-only", "pull-only-password", "test-pull", 15_000_000)
+    elapsed, received = answer_without_the_rest(server, head, b"")
+    assert received.endswith(b'{"return_code": 1, "content": "This account may not submit to any queue"}')
+    assert elapsed < 1.5
+    # The allowed queue still takes the whole submission.
+    lms = requests.post(f"{server.url}/xqueue/submit/", auth=("lms-one", "lms-one-password"), timeout=30, data={
+        "xqueue_header": json.dumps({"lms_callback_url": "http://127.0.0.1:9/cb", "lms_key": "k",
+                                     "queue_name": "test-pull"}), "xqueue_body": "{}"},
+        files={"code.py": b"print(1)"})
+    assert lms.json() == {"return_code": 0, "content": "1"}
+
+
+def test_submit_caps_the_number_of_multipart_parts(server: ServerThread) -> None:
+    header = json.dumps({"lms_callback_url": "http://127.0.0.1:9/cb", "lms_key": "k", "queue_name": "test-pull"})
+    fields = [("xqueue_header", (None, header)), ("xqueue_body", (None, "{}"))]
+    extra = [(f"extra-{i}", (None, "x")) for i in range(server.settings.max_files + 9)]
+    auth = (server.lms.username, server.lms.password)
+    reply = requests.post(f"{server.url}/xqueue/submit/", files=fields + extra, auth=auth, timeout=30).json()
+    expected = f"more than {server.settings.max_files + 10} form parts"
+    assert reply == {"return_code": 1, "content": expected}
+    ok = requests.post(f"{server.url}/xqueue/submit/", files=fields + extra[:-1], auth=auth, timeout=30).json()
+    assert ok["return_code"] == 0, ok
