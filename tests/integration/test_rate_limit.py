@@ -13,6 +13,7 @@ from typing import Any
 import requests
 
 from tests.integration.clients import GraderClient, LMSClient
+from xqueue_server.db import Database
 from xqueue_server.testing import FakeLMS, ServerThread
 
 LIMITS = {"login_max_failures_per_account_address": 3, "login_max_failures_per_address": 6,
@@ -144,3 +145,25 @@ def test_replicas_share_the_counters_and_blocks_end_with_their_window(
         time.sleep(0.5)
     assert json.dumps(reply) == json.dumps({"return_code": 0, "content": "Logged in"})
     assert time.monotonic() - started < 5
+
+
+def test_housekeeping_forgets_stale_throttle_state(xqueue_factory: Callable[..., ServerThread]) -> None:
+    server = xqueue_factory(**LIMITS)
+    login(server, "grader", "guess")
+    login(server, "grader", server.grader.password)
+
+    async def age_and_sweep() -> tuple[int, int]:
+        db = await Database.connect(server.settings.database_url or "", 1, 1)
+        try:
+            await db.delete_expired_sessions()  # fresh state stays
+            assert await db.pool.fetchval("SELECT count(*) FROM login_failures") == 2  # address, account
+            assert await db.pool.fetchval("SELECT count(*) FROM login_known_addresses") == 1
+            await db.pool.execute("UPDATE login_failures SET window_start = now() - interval '2 days'")
+            await db.pool.execute("UPDATE login_known_addresses SET last_success_at = now() - interval '31 days'")
+            await db.delete_expired_sessions()
+            return (await db.pool.fetchval("SELECT count(*) FROM login_failures"),
+                    await db.pool.fetchval("SELECT count(*) FROM login_known_addresses"))
+        finally:
+            await db.close()
+
+    assert server.run(age_and_sweep()) == (0, 0)
