@@ -9,9 +9,10 @@
 #     <tag> is the image's input key (a short hash), so changed inputs give a new ref; each archive is a
 #     docker-archive (`ctr -n k8s.io images import FILE`) holding that ref. Progress goes to stderr.
 #
-# Tools: CONTAINER_TOOL if set, else docker or podman if `info` works, else buildah. With docker or podman the four
-# project images are built as `$IMAGE_REGISTRY/NAME:$IMAGE_TAG` (default ghcr.io/xqueue-k8s/NAME:dev;
-# the kind demo uses those). --manifest always uses buildah (root, no daemon): it builds six images
+# Tools: CONTAINER_TOOL if set, else docker or podman if its `info` works, else buildah. With docker or
+# podman the four project images are built as `$IMAGE_REGISTRY/NAME:$IMAGE_TAG` (default
+# ghcr.io/xqueue-k8s/NAME:dev; the kind demo uses those). --manifest always uses buildah (root, no
+# daemon); it builds six images
 #   xqueue-server, xqueue-operator, xqueue-grader, xqueue-grader-demo  the project's Dockerfiles
 #   postgresql  images/postgresql (Debian's PostgreSQL with an entrypoint like the official image's)
 #   pause       images/pause, containerd's sandbox image (tools/pause, static Go)
@@ -47,7 +48,7 @@ VERBOSE="${XQ_IMAGES_VERBOSE:-0}"
 
 log() { printf '[build-images %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
-usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
 
 manifest=0
 case "${1:-}" in
@@ -83,7 +84,7 @@ if ((!manifest)); then
     done
     if [[ -z "$tool" ]]; then
       command -v buildah >/dev/null 2>&1 ||
-        die "no usable docker or podman and no buildah: install one (make system-deps installs buildah on Debian, as root)"
+        die "no usable docker or podman and no buildah: install one (as root, make system-deps installs buildah)"
       tool=buildah
     fi
   fi
