@@ -18,6 +18,7 @@ from .config import Settings
 from .db import Account, Database
 from .metrics import Metrics
 from .storage import Storage
+from .validation import text_problem
 from .waiters import QueueWaiters
 
 CONTEXT_KEY: web.AppKey[AppContext] = web.AppKey("xqueue_context")
@@ -42,7 +43,7 @@ class AppContext:
     async def queue_exists(self, name: str) -> bool:
         # Known queues are cached for a few seconds (the hot path asks on every call); unknown names
         # always go to the database, so a queue created by the operator is usable at once.
-        if "\x00" in name or len(name) > 1000:  # PostgreSQL text cannot hold NUL; no queue is that long
+        if text_problem(name) or len(name) > 1000:  # not storable text (NUL, lone surrogate); no queue is that long
             return False
         now = time.monotonic()
         if self._queue_cache.get(name, 0.0) > now:
