@@ -10,19 +10,26 @@ The checkout happens in a sibling directory and is swapped in with renames, so a
 container never leaves a half-written course.  ``.git`` is removed afterwards: the daemon does not
 need it and it may hold a URL with a token.  Every git call is bounded in time; the fetch is
 retried a bounded number of times.
+
+The course is left without write permission for anyone.  In a restricted pod it belongs to the
+uid that student code runs under; where Landlock is missing, that code could otherwise rewrite
+``answer.py`` for every later student, and the sandbox's seccomp filter forbids the chmod that
+would give the write permission back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 log = logging.getLogger("xqueue_grader.fetch")
@@ -162,6 +169,7 @@ def fetch_course(settings: FetchSettings, backoff_seconds: float = 2.0) -> dict[
             with open(os.path.join(real_source, ".xqgrader-source.json"), "w") as fh:
                 json.dump(info, fh)
             _swap_in(real_source, root, staging)
+            seal(root)
             return info
         except (FetchError, OSError) as exc:
             last_error = exc
@@ -173,7 +181,39 @@ def fetch_course(settings: FetchSettings, backoff_seconds: float = 2.0) -> dict[
     raise FetchError(f"could not fetch the course after {ATTEMPTS} attempts: {last_error}")
 
 
+def _chmod(path: str, change: Callable[[int], int]) -> None:
+    """Best effort and never through a symlink: a root that is a volume mount point may belong
+    to someone else, and its contents are what matters."""
+    with contextlib.suppress(OSError):
+        mode = os.lstat(path).st_mode
+        if not stat.S_ISLNK(mode):
+            os.chmod(path, change(stat.S_IMODE(mode)))
+
+
+def seal(root: str) -> None:
+    """Take every write permission away from the course (files and folders)."""
+    if not os.path.isdir(root) or os.path.islink(root):
+        return
+    paths = [root]
+    for dirpath, dirnames, filenames in os.walk(root):
+        paths += [os.path.join(dirpath, name) for name in dirnames + filenames]
+    for path in paths:
+        _chmod(path, lambda mode: mode & ~0o222)
+
+
+def unseal(root: str) -> None:
+    """Give the owner write permission back on the folders, so the course can be replaced."""
+    if not os.path.isdir(root) or os.path.islink(root):
+        return
+    _chmod(root, lambda mode: mode | 0o200)
+    for dirpath, dirnames, _files in os.walk(root):
+        for name in dirnames:
+            _chmod(os.path.join(dirpath, name), lambda mode: mode | 0o200)
+
+
 def _swap_in(source: str, root: str, staging: str) -> None:
+    # A previous course was sealed: moving or emptying it needs write permission again.
+    unseal(root)
     try:
         old = None
         if os.path.lexists(root):

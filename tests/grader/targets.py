@@ -26,6 +26,7 @@ from typing import Any
 
 import xqueue_grader
 from xqueue_grader.engine import GradingEngine
+from xqueue_grader.fetch import seal, unseal
 from xqueue_grader.results import GradeResult
 from xqueue_grader.sandbox import Limits, SandboxPool
 
@@ -61,11 +62,14 @@ class SameUidArea:
         shutil.copytree(EXAMPLES, self.courses["examples"], ignore=shutil.ignore_patterns("__pycache__"))
         for root in self.courses.values():
             chown_tree(root, uid, uid)
+            seal(root)  # as ``fetch-course`` leaves a course
         self.scratch_root = os.path.join(self.base, "scratch")
         os.mkdir(self.scratch_root)
         os.chmod(self.scratch_root, 0o777)
 
     def remove(self) -> None:
+        for root in self.courses.values():
+            unseal(root)
         shutil.rmtree(self.base, ignore_errors=True)
 
 

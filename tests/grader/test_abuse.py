@@ -590,6 +590,10 @@ def write_text(path: str, text: str) -> None:
     Path(path).write_text(text)
 
 
+def read_bytes(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
 def probe_answer(target: LocalTarget | RemoteTarget) -> str:
     return os.path.join(target.courses["abuse"], "probe", "answer.py")
 
@@ -944,6 +948,40 @@ async def test_grader_processes_and_course_files_are_out_of_reach(target: LocalT
     assert ANSWER_SECRET not in text and SECRET_ENV_VALUE not in text
     result = outcomes(text)
     assert len(result) == 9 and set(result.values()) == {"PermissionError"}, text
+    await assert_target_serving(target)
+
+
+@pytest.fixture(params=MODES)
+async def target_without_landlock(request: pytest.FixtureRequest) -> AsyncIterator[LocalTarget | RemoteTarget]:
+    """An older kernel: seccomp but no Landlock, so the course folder is reachable by path."""
+    started = await start_target(request.param, disable=("landlock",))
+    yield started
+    await started.close()
+
+
+async def test_without_landlock_course_files_still_cannot_change(
+    target_without_landlock: LocalTarget | RemoteTarget,
+) -> None:
+    target = target_without_landlock
+    assert not (await target.info())["features"]["landlock"]
+    answer = probe_answer(target)
+    before = read_bytes(answer)
+    text = await target_attempt(target, OUTCOME_HELPER + f"""
+    import os
+    answer = {answer!r}
+    def overwrite():
+        with open(answer, "w") as fh:
+            fh.write("def attempt():\\n    return 'forged'\\n")
+    t("write", overwrite)
+    t("chmod", lambda: os.chmod(answer, 0o600))
+    t("rename", lambda: os.rename(answer, answer + ".old"))
+    t("unlink", lambda: os.unlink(answer))
+    t("create", lambda: open(os.path.join(os.path.dirname(answer), "new.py"), "w").close())
+    return " ".join(out)
+    """)
+    result = outcomes(text)
+    assert result == dict.fromkeys(("write", "chmod", "rename", "unlink", "create"), "PermissionError"), text
+    assert read_bytes(answer) == before
     await assert_target_serving(target)
 
 
