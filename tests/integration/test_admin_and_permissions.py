@@ -73,9 +73,9 @@ def test_grader_account_limited_to_its_queue(xqueue: ServerThread, fake_lms: Fak
     # A queue it may not pull answers exactly like one that does not exist.
     denied = grader.get_submission("course-y")
     assert denied == {"return_code": 1, "content": "Queue 'course-y' not found"}
-    # It may not submit anywhere, and only learns about the queues it may use.
+    # It may not submit anywhere (refused before its body is read), and only learns about the queues it may use.
     code, content = LMSClient(xqueue, "grader-x", "secret-password-x").submit("course-x", fake_lms.callback_url("z"))[1]
-    assert (code, content) == (1, "Queue 'course-x' not found")
+    assert (code, content) == (1, "This account may not submit to any queue")
     assert grader.queue_length("nope")["content"] == "Valid queue names are: course-x"
     # The operator's queue-length endpoint is open to the course's grader account.
     own = requests.get(f"{xqueue.url}/api/v1/queues/course-x/length", auth=("grader-x", "secret-password-x"),
@@ -106,10 +106,10 @@ def test_scoped_bearer_token(xqueue: ServerThread, fake_lms: FakeLMS) -> None:
     assert wrong.status_code == 302
 
 
-def _restricted_grader(server: ServerThread, pull: list[str]) -> tuple[str, str]:
+def _restricted_grader(server: ServerThread, pull: list[str], submit: list[str] | None = None) -> tuple[str, str]:
     username, password = f"g-{uuid.uuid4().hex[:8]}", "restricted-password"
     created = admin(server).put(f"{server.url}/api/v1/users/{username}", json={
-        "password": password, "pull_queues": pull, "submit_queues": []}, timeout=10)
+        "password": password, "pull_queues": pull, "submit_queues": submit or []}, timeout=10)
     assert created.status_code == 201, created.text
     return username, password
 
@@ -156,7 +156,7 @@ def test_put_result_needs_the_right_to_pull_the_submissions_queue(xqueue: Server
 def test_a_forbidden_queue_answers_like_an_unknown_one(xqueue: ServerThread, fake_lms: FakeLMS) -> None:
     own, forbidden = _fresh_queues(xqueue, 2)
     unknown = f"authz-{uuid.uuid4().hex[:8]}"
-    username, password = _restricted_grader(xqueue, [own])
+    username, password = _restricted_grader(xqueue, [own], submit=[own])
     grader = GraderClient(xqueue, username, password)
     lms_account = LMSClient(xqueue, username, password)
     for name in (forbidden, unknown):
