@@ -12,7 +12,9 @@ as long as it likes, so a few hundred of them exhaust a server. Two bounds:
   handler at once: the handler runs under ``asyncio.timeout`` until the payload reports its end, and
   a body that has not arrived by then is answered 408 and the connection closed. A body that came
   with the headers (nearly all requests) costs no timer at all, and work after the body (database,
-  storage) is never cut off by this.
+  storage) is never cut off by this. After any early answer aiohttp drains the unread rest of a body
+  for at most its ``lingering_time`` (10 s) before closing, so a slow body holds a connection for at
+  most the body timeout plus those 10 s.
 """
 
 from __future__ import annotations
