@@ -8,9 +8,11 @@ callback it receives. Latencies are submit -> callback at the LMS, measured insi
 
 Figures:
 1. `helm install` -> first graded submission (helm --wait, course Ready, LMS up, submit -> grade).
-2. a burst of N (200) submissions with real grading (the three demo answers in turn, every grade
-   checked), drained by one fixed grader replica (scaling.enabled false) vs by autoscaling from one
-   replica (maxReplicas M): time to drain, per-submission latency p50/p95, peak replicas.
+2. a burst of N (200) submissions with real grading, every grade checked, drained by one fixed
+   grader replica (scaling.enabled false) vs by autoscaling from one replica (maxReplicas M): time
+   to drain, per-submission latency p50/p95, peak replicas. Two workloads: ``cpu`` (the three demo
+   answers in turn: grading is CPU-bound) and ``waiting`` (a correct answer that sleeps 0.1 s in each
+   of the three test calls: grading bound by waiting, where more slots help).
 3. in the autoscaled burst: burst start -> Deployment scaled up -> extra pod created -> Ready ->
    pulling ("grader started" in its log, after login) -> its first grade.
 
@@ -56,7 +58,16 @@ RESULTS = ROOT / "bench" / "results" / "cluster.json"
 GRADER_SELECTOR = "app.kubernetes.io/name=xqueue-grader"
 
 
-def burst_items(count: int) -> list[dict[str, str]]:
+# A correct answer that waits 0.1 s per test call (3 calls): grading that is bound by waiting, not CPU,
+# like student code with sleeps or slow loops under a wall-clock limit.
+WAITING_ANSWER = "import time\n\ndef hello(name):\n    time.sleep(0.1)\n    return 'Hello, ' + name + '!'\n"
+GRADES = {**DEMO_GRADES, "waiting": DEMO_GRADES["correct"]}
+
+
+def burst_items(count: int, workload: str) -> list[dict[str, str]]:
+    """``cpu``: the three demo answers in turn (CPU-bound grading); ``waiting``: WAITING_ANSWER only."""
+    if workload == "waiting":
+        return [{"label": "waiting", "code": WAITING_ANSWER, "problem": DEMO_PROBLEM} for _ in range(count)]
     labels = list(DEMO_ANSWERS)
     return [{"label": labels[i % len(labels)], "code": DEMO_ANSWERS[labels[i % len(labels)]],
              "problem": DEMO_PROBLEM} for i in range(count)]
@@ -147,19 +158,20 @@ def settle_to_one_replica(system: InstalledSystem, timeout: float) -> None:
     wait_until(one, timeout, "one grader pod (and no terminating ones)", every=1, diagnostics=system.diagnostics)
 
 
-def run_burst(node: RealNode, system: InstalledSystem, count: int, timeout: float) -> dict[str, Any]:
+def run_burst(node: RealNode, system: InstalledSystem, count: int, workload: str,
+              timeout: float) -> dict[str, Any]:
     before = set(grader_pods(system))
     with PodWatch(node, system) as watch:
         time.sleep(1)  # the watches are established
         started = time.time()
-        submitted = system.submit(burst_items(count), timeout=timeout)
+        submitted = system.submit(burst_items(count, workload), timeout=timeout)
         errors = [s["error"] for s in submitted if s["error"]]
         records = system.wait_for_grades([s["key"] for s in submitted if not s["error"]], timeout=timeout,
                                          with_msg=False, every=1)
         finished = time.time()
     latencies = [r["latency_seconds"] for r in records.values()]
     received = [r["callbacks"][0]["received_at"] for r in records.values()]
-    wrong = sum(1 for r in records.values() if grade_of(r) != DEMO_GRADES[r["label"]])
+    wrong = sum(1 for r in records.values() if grade_of(r) != GRADES[r["label"]])
     result: dict[str, Any] = {
         "submissions": count, "submit_errors": len(errors), "wrong_grades": wrong,
         "submit_seconds": round(max(s["submitted_at"] for s in submitted) - started, 2),
@@ -199,7 +211,7 @@ def create_namespace(node: RealNode) -> str:
     return name
 
 
-def run(count: int, max_replicas: int, timeout: float) -> dict[str, Any]:
+def run(count: int, max_replicas: int, workloads: list[str], timeout: float) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                            "loadavg_before": [round(x, 2) for x in os.getloadavg()]},
                                "date": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -207,7 +219,7 @@ def run(count: int, max_replicas: int, timeout: float) -> dict[str, Any]:
     try:
         t0 = time.monotonic()
         node.start()
-        results["node_start_seconds"] = round(time.monotonic() - t0, 1)
+        results["node_start_seconds"] = round(time.monotonic() - t0 - node.timings.get("lock-wait", 0.0), 1)
         namespace = create_namespace(node)
         scaling = {"enabled": True, "minReplicas": 1, "maxReplicas": max_replicas, "scaleDownWindowSeconds": 15}
         with install_system(node, namespace, coursegrader_overrides={"scaling": scaling}) as system:
@@ -225,17 +237,15 @@ def run(count: int, max_replicas: int, timeout: float) -> dict[str, Any]:
             }
             print(f"install: {json.dumps(results['install'])}", flush=True)
 
-            system.kubectl("patch", "coursegrader", system.coursegrader, "--type=merge", "-p",
-                           json.dumps({"spec": {"scaling": {"enabled": False}}}))
-            settle_to_one_replica(system, 180)
-            results["fixed_one_replica"] = run_burst(node, system, count, timeout)
-            print(f"fixed 1 replica: {json.dumps(results['fixed_one_replica'])}", flush=True)
-
-            system.kubectl("patch", "coursegrader", system.coursegrader, "--type=merge", "-p",
-                           json.dumps({"spec": {"scaling": {"enabled": True}}}))
-            settle_to_one_replica(system, 180)
-            results["autoscaling_from_one"] = run_burst(node, system, count, timeout)
-            print(f"autoscaling 1..{max_replicas}: {json.dumps(results['autoscaling_from_one'])}", flush=True)
+            results["bursts"] = {}
+            for workload in workloads:
+                runs = results["bursts"][workload] = {}
+                for mode, enabled in (("fixed_one_replica", False), ("autoscaling_from_one", True)):
+                    system.kubectl("patch", "coursegrader", system.coursegrader, "--type=merge", "-p",
+                                   json.dumps({"spec": {"scaling": {"enabled": enabled}}}))
+                    settle_to_one_replica(system, 180)
+                    runs[mode] = run_burst(node, system, count, workload, timeout)
+                    print(f"{workload} burst, {mode}: {json.dumps(runs[mode])}", flush=True)
         results["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         node.stop()
@@ -243,24 +253,26 @@ def run(count: int, max_replicas: int, timeout: float) -> dict[str, Any]:
 
 
 def print_table(results: dict[str, Any], count: int, max_replicas: int) -> None:
-    install, fixed, auto = results["install"], results["fixed_one_replica"], results["autoscaling_from_one"]
+    install = results["install"]
     print(f"\ncluster benchmark, {results['machine']['cpus']} CPUs, load before {results['machine']['loadavg_before']}")
     print(f"  node + control plane start ........... {results['node_start_seconds']} s")
     print(f"  helm install --wait .................. {install['helm_install_wait']} s")
     print(f"  CourseGrader Ready after apply ....... {install['coursegrader_ready_after_apply']} s")
     print(f"  helm install -> first graded answer .. {install['helm_install_to_first_grade']} s "
           f"(of which submit -> grade {install['submit_to_grade']} s)")
-    print(f"  burst of {count} with real grading:      fixed 1 replica | autoscaling 1..{max_replicas}")
-    for key, label in (("drain_seconds", "time to drain (s)"), ("latency_p50", "latency p50 (s)"),
-                       ("latency_p95", "latency p95 (s)"), ("throughput_per_s", "graded per second"),
-                       ("peak_replicas", "peak replicas"), ("wrong_grades", "wrong grades"),
-                       ("submit_errors", "submit errors")):
-        print(f"    {label:<24} {fixed[key]!s:>15} | {auto[key]!s:>15}")
-    extra = auto.get("extra_pod_after_burst_start")
-    if extra:
-        print("  burst start -> " + ", ".join(f"{k.replace('_', ' ')} {v} s" for k, v in extra.items()))
-    else:
-        print("  the autoscaled burst did not add a grader pod")
+    for workload, runs in results["bursts"].items():
+        fixed, auto = runs["fixed_one_replica"], runs["autoscaling_from_one"]
+        print(f"  burst of {count}, {workload} grading:     fixed 1 replica | autoscaling 1..{max_replicas}")
+        for key, label in (("drain_seconds", "time to drain (s)"), ("latency_p50", "latency p50 (s)"),
+                           ("latency_p95", "latency p95 (s)"), ("throughput_per_s", "graded per second"),
+                           ("peak_replicas", "peak replicas"), ("wrong_grades", "wrong grades"),
+                           ("submit_errors", "submit errors")):
+            print(f"    {label:<24} {fixed[key]!s:>15} | {auto[key]!s:>15}")
+        extra = auto.get("extra_pod_after_burst_start")
+        if extra:
+            print("    burst start -> " + ", ".join(f"{k.replace('_', ' ')} {v} s" for k, v in extra.items()))
+        else:
+            print("    the autoscaled burst did not add a grader pod")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,14 +280,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--submissions", type=int, default=200)
     parser.add_argument("--max-replicas", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=600, help="bound of each burst (s)")
+    parser.add_argument("--workloads", default="cpu,waiting",
+                        help="comma-separated: cpu (the three demo answers), waiting (answers that sleep 0.3 s)")
     args = parser.parse_args(argv)
-    results = run(args.submissions, args.max_replicas, args.timeout)
+    workloads = [w for w in args.workloads.split(",") if w]
+    if not workloads or set(workloads) - {"cpu", "waiting"}:
+        parser.error("--workloads takes cpu and/or waiting")
+    results = run(args.submissions, args.max_replicas, workloads, args.timeout)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results, args.submissions, args.max_replicas)
     print(f"\nresults: {RESULTS}")
-    bad = sum(results[k]["wrong_grades"] + results[k]["submit_errors"] for k in ("fixed_one_replica",
-                                                                                  "autoscaling_from_one"))
+    bad = sum(r["wrong_grades"] + r["submit_errors"] for runs in results["bursts"].values() for r in runs.values())
     return 1 if bad else 0
 
 
