@@ -24,7 +24,9 @@ import aiohttp
 
 from .config import Settings
 from .db import Database, DueCallback
+from .logs import error_fields
 from .metrics import Metrics
+from .outage import DatabaseUnavailable
 
 log = logging.getLogger("xqueue.delivery")
 
@@ -111,8 +113,10 @@ class CallbackDeliverer:
                 due = await self.db.claim_due_callbacks(
                     free, self.settings.callback_timeout_seconds + 5, dict(self._per_host),
                     self.settings.callback_per_host_concurrency)
-            except Exception as exc:  # database restarts must not kill the worker
-                log.warning("outbox claim failed", extra={"fields": {"error": repr(exc)}})
+            except DatabaseUnavailable:
+                pass  # a database restart must not kill the worker; the outage is logged once (outage.py)
+            except Exception as exc:
+                log.warning("outbox claim failed", extra={"fields": error_fields(exc)})
         for callback in due:
             task = asyncio.create_task(self._deliver(callback))
             self._tasks[task] = callback.host
@@ -183,6 +187,8 @@ class CallbackDeliverer:
                     "callback_id": callback.id, "submission_id": callback.submission_id,
                     "host": callback.host, "attempts": callback.attempts, "retry_in_seconds": round(delay, 2),
                     "error": error}})
-        except Exception as exc:  # the row stays claimed and comes back after its invisibility window
+        except DatabaseUnavailable:
+            pass  # the row stays claimed and comes back after its invisibility window; outage logged once
+        except Exception as exc:  # the same; the message of a database error may quote row data
             log.warning("could not record callback outcome", extra={"fields": {
-                "callback_id": callback.id, "error": repr(exc)}})
+                "callback_id": callback.id, **error_fields(exc)}})
