@@ -358,6 +358,10 @@ class SandboxPool:
                     # A fresh zygote refuses too: no answer beats a wrong one (the server
                     # offers the submission again, perhaps to a healthy pod).
                     raise SandboxUnavailable(f"a fresh sandbox zygote is unusable too: {result.unusable}")
+            elif result.status == "sandbox_error" and result.zygote_pid != self.zygote_pid:
+                # Another run found this run's zygote broken and replaced it meanwhile, which
+                # ended this run too: run it again in the fresh zygote.
+                result = await self._run_once(job, limits)
         except SandboxUnavailable as exc:
             self._record(False, str(exc))
             raise
