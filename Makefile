@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make run    - the whole job on this machine (throwaway PostgreSQL, XQueue server, grader, demo)
 #   make test   - every test tier (unit, integration on real PostgreSQL/HTTP, cluster on a real kube-apiserver)
+# and an optional third, as root: make cluster-demo - the system in real pods on a local node (Helm chart, operator)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
