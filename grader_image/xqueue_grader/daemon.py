@@ -252,6 +252,12 @@ class GraderDaemon:
         delay = self.config.poll_min_seconds
         error_delay = self.config.poll_min_seconds
         while not self._stopping.is_set():
+            if self.pool.failing_since is not None:
+                # A sandbox that cannot grade must not take work: every pull counts towards the
+                # server's poison limit, so a broken pod would use up a submission's pulls before
+                # liveness restarts it. The watchdog's self-test clears this once the sandbox works.
+                await self._sleep(self.config.poll_min_seconds)
+                continue
             pulled = await self._pull_unless_stopped()
             if pulled is None:
                 break  # stopping

@@ -1086,7 +1086,7 @@ async def test_submissions_cannot_reach_the_daemon_process(real_daemon: object, 
     assert (await graded(fake_xqueue, right))["correct"] is True
 
 
-async def test_a_daemon_that_cannot_grade_stops_being_alive(real_daemon: object) -> None:
+async def test_a_daemon_that_cannot_grade_stops_being_alive(real_daemon: object, fake_xqueue: FakeXQueue) -> None:
     daemon = await real_daemon(self_test_seconds=0.5, liveness_grace_seconds=2)  # type: ignore[operator]
     assert (await daemon.get("/healthz"))[0] == 200
     # Break the sandbox beyond what the daemon can repair: its scratch area and the folder in
@@ -1099,6 +1099,12 @@ async def test_a_daemon_that_cannot_grade_stops_being_alive(real_daemon: object)
         assert "sandbox" in reason["status"], reason
         # Not ready and not alive agree: the kubelet restarts the pod.
         assert (await daemon.get("/readyz"))[0] == 503
+        # Meanwhile it takes no work (each pull would count towards the submission's poison limit).
+        pulls_before = fake_xqueue.count("/xqueue/get_submission/")
+        waiting = fake_xqueue.submit(lms_body(PROBE, f"def attempt():\n    return {ANSWER_SECRET!r}\n"))
+        await asyncio.sleep(2)
+        assert fake_xqueue.count("/xqueue/get_submission/") == pulls_before
+        assert fake_xqueue.result_for(waiting) == []
     finally:
         os.unlink(daemon.scratch_root)
         os.rename(daemon.scratch_root + ".gone", daemon.scratch_root)
