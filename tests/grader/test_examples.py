@@ -88,8 +88,10 @@ async def test_class_problem_reports_missing_method(engine: GradingEngine) -> No
 async def test_random_problem_needs_the_same_random_calls(engine: GradingEngine) -> None:
     same = "import random\n\ndef pick_winner(players):\n    return random.choice(players)\n"
     assert (await grade(engine, PROBLEMS["dice"], same)).score == 1
-    # Correct-looking but uses the generator differently: outputs diverge from the staff run.
-    other = "import random\n\ndef pick_winner(players):\n    return sorted(players)[0]\n"
+    # Correct-looking, the same random calls, but a different mapping to players: the list sizes are
+    # all even, so the mirrored index never equals the staff run's (a sorted(players)[0] answer
+    # matched it by chance in one run of 64).
+    other = "import random\n\ndef pick_winner(players):\n    return random.choice(players[::-1])\n"
     assert (await grade(engine, PROBLEMS["dice"], other)).score < 1
 
 
