@@ -56,7 +56,7 @@ FETCH = ("import sys, urllib.request\n"
          "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())\n")
 
 
-def deployment(name: str, image: str, replicas: int = 2) -> dict[str, object]:
+def deployment(name: str, image: str, replicas: int = 2, grace: int = 20) -> dict[str, object]:
     """A Deployment that passes Pod Security "restricted" and uses only the locally imported image."""
     return {
         "apiVersion": "apps/v1",
@@ -68,7 +68,7 @@ def deployment(name: str, image: str, replicas: int = 2) -> dict[str, object]:
             "template": {
                 "metadata": {"labels": {"app": name}},
                 "spec": {
-                    "terminationGracePeriodSeconds": 20,
+                    "terminationGracePeriodSeconds": grace,
                     "automountServiceAccountToken": True,
                     "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
                                         "seccompProfile": {"type": "RuntimeDefault"}},
@@ -239,7 +239,10 @@ def test_port_forward_reaches_the_service_from_loopback(real_cluster: RealNode, 
 
 
 def test_deleting_a_pod_delivers_sigterm(real_cluster: RealNode, node_namespace: str) -> None:
-    apply(real_cluster, node_namespace, deployment("term", real_cluster.images["xqueue-server"], replicas=1))
+    # A short grace period: the namespace controller re-checks a namespace with terminating pods only
+    # after their grace period, so it sets how long the namespace deletion afterwards takes.
+    apply(real_cluster, node_namespace, deployment("term", real_cluster.images["xqueue-server"], replicas=1,
+                                                   grace=6))
     real_cluster.kubectl("rollout", "status", "-n", node_namespace, "deployment/term", "--timeout=120s",
                          timeout=130)
     (pod,) = [str(p["metadata"]["name"]) for p in pods(real_cluster, node_namespace, "term")]  # type: ignore[index]
