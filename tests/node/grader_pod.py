@@ -57,13 +57,15 @@ def credentials_secret(name: str, namespace: str, username: str, password: str) 
 def idle_pod(deployment: dict[str, Any], name: str, *, uid: int | None = None) -> dict[str, Any]:
     """A bare Pod with the grader Deployment's pod spec whose grader container only waits.
 
-    Same image, security contexts, resources and volumes (the course emptyDir filled by the real
-    fetch-course init container); no probes, no daemon. `uid` replaces the pod's user id; see the
-    caller for why.
+    Same image, security contexts, resources and volumes; no probes, no daemon, and no fetch-course
+    init container (what runs here brings its own files; and under another uid git would refuse the
+    demo image's repository, which belongs to 10001). `uid` replaces the pod's user id; see the caller
+    for why.
     """
     template = copy.deepcopy(deployment["spec"]["template"])
     spec = template["spec"]
     container = spec["containers"][0]
+    spec.pop("initContainers", None)
     for key in ("startupProbe", "livenessProbe", "readinessProbe", "envFrom", "env", "ports"):
         container.pop(key, None)
     container["env"] = [{"name": "HOME", "value": "/tmp"}]

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import base64
 import importlib.metadata as metadata
+import importlib.util
 import io
 import json
 import re
 import subprocess
 import sys
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from packaging.requirements import Requirement
 
@@ -25,7 +28,7 @@ PLUGIN = Path(__file__).resolve().parent / "assets" / "xqgrader_inpod.py"
 SUITE_DIR = "/tmp/suite"  # inside the pod: /tmp is the grader pod's writable emptyDir
 # pytest and the plugins pyproject.toml's settings use (asyncio_mode, timeout).
 DISTRIBUTIONS = ("pytest", "pytest-asyncio", "pytest-timeout")
-RESULT_MARK = "XQ-INPOD-RESULTS "
+RESULT_MARK = "XQ-INPOD-RESULTS "  # the plugin's closing line (assets/xqgrader_inpod.py)
 
 
 def suite_files() -> list[Path]:
@@ -116,10 +119,28 @@ def local_collection(files: list[Path]) -> list[str]:
     return ids
 
 
-def parse_results(output: str) -> dict[str, str]:
-    """The outcome per test id from the plugin's closing line; empty if the line is missing."""
+@dataclass(frozen=True)
+class PodResults:
+    outcomes: dict[str, str]  # test id -> passed / failed / skipped
+    failures: dict[str, str]  # test id -> the end of its traceback
+    deselected: list[str]     # ids the plugin did not run (a harness without root cannot)
+
+
+def parse_results(output: str) -> PodResults | None:
+    """What the plugin's closing line reports, or None if the line is missing."""
     for line in reversed(output.splitlines()):
         if line.startswith(RESULT_MARK):
             data = json.loads(line[len(RESULT_MARK):])
-            return {str(k): str(v) for k, v in data.items()}
-    return {}
+            return PodResults({str(k): str(v) for k, v in data["outcomes"].items()},
+                              {str(k): str(v) for k, v in data["failures"].items()},
+                              [str(x) for x in data["deselected"]])
+    return None
+
+
+def plugin_module() -> ModuleType:
+    """The in-pod plugin, loaded here too: the host checks its deselection with the same rule."""
+    spec = importlib.util.spec_from_file_location("xqgrader_inpod", PLUGIN)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
