@@ -33,13 +33,16 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.controlplane import KubectlError
-from tests.node.realnode import RealNode, load_image_manifest, node_problem
+from tests.node.realnode import ImageSpec, RealNode, load_image_manifest, node_problem
 
 HERE = Path(__file__).resolve().parent
 LOG_TAIL_LINES = 200
 
 # The node the failure-report hook takes logs from (also set while a start fails half-way).
 _active: RealNode | None = None
+# The image manifest, obtained once after collection (see pytest_collection_finish), or why not.
+_images: dict[str, ImageSpec] | None = None
+_images_error: BaseException | None = None
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -58,6 +61,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in solo:
             items.remove(item)
         items[first:first] = solo
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build (or reuse) the images before any test runs: a cold `scripts/build-images.sh` takes
+    minutes, which must not count against the first tier-C test's timeout (pytest-timeout covers
+    fixture setup). Only when a collected test needs a node and the tier can run here."""
+    global _images, _images_error
+    needs_node = any(HERE in item.path.parents and {"real_cluster", "own_node"} & set(getattr(item, "fixturenames", ()))
+                     for item in session.items)
+    if not needs_node or tier_c_skip_reason() or _images is not None:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("tier C: getting the images (scripts/build-images.sh --manifest or $XQK8S_IMAGE_MANIFEST)")
+    try:
+        _images = load_image_manifest()
+    except Exception as exc:  # re-raised by the fixtures: an error, not a skip
+        _images_error = exc
+
+
+def node_images() -> dict[str, ImageSpec]:
+    if _images_error is not None:
+        raise _images_error
+    return _images if _images is not None else load_image_manifest()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -79,7 +106,7 @@ def real_cluster() -> Iterator[RealNode]:
     if reason := tier_c_skip_reason():
         pytest.skip(reason)
     # From here on every failure is an error, not a skip: CI must not "pass" without this tier.
-    node = RealNode(load_image_manifest())
+    node = RealNode(node_images())
     _active = node
     previous = os.environ.get("KUBECONFIG")
     try:
@@ -128,7 +155,7 @@ def own_node() -> Iterator[RealNode]:
         pytest.skip(reason)
     if _active is not None:
         pytest.fail("own_node cannot run while real_cluster holds the node lock (mark the test own_node)")
-    node = RealNode(load_image_manifest())
+    node = RealNode(node_images())
     _active = node
     try:
         node.start()

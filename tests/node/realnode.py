@@ -802,6 +802,9 @@ class RealNode:
                 t = time.monotonic()
                 self._import_images()
                 self.timings["image-import"] = time.monotonic() - t
+                # Sandboxes in the persistent store can only be leftovers of a killed run.
+                if self._crictl("pods", "-q").stdout.split():
+                    self._remove_sandboxes()
             finally:
                 t = time.monotonic()
                 cp_future.result(timeout=self.control_plane.apiserver_timeout + 180)

@@ -15,6 +15,7 @@ from tests.node.realnode import (
     containerd_config,
     corefile,
     guard_rules,
+    image_list,
     jumps_to,
     kubelet_config,
     mounts_under,
@@ -109,3 +110,11 @@ def test_generated_configs_carry_the_settings_that_matter() -> None:
     dns = corefile(gateway="10.85.0.1", ready_port=5, kubeconfig=Path("/kc"), context="c")
     assert "forward" not in dns
     assert "bind 10.85.0.1" in dns and "kubernetes cluster.local" in dns
+
+
+def test_image_list_maps_refs_to_digests() -> None:
+    out = ("REF TYPE DIGEST SIZE PLATFORMS LABELS\n"
+           "localhost/xqueue-k8s/pause:t application/vnd.docker.distribution.manifest.v2+json sha256:aa 1.4 MiB "
+           "linux/amd64 io.cri-containerd.image=managed\n"
+           "sha256:bb application/vnd.docker.distribution.manifest.v2+json sha256:aa 1.4 MiB linux/amd64 -\n")
+    assert image_list(out) == {"localhost/xqueue-k8s/pause:t": "sha256:aa", "sha256:bb": "sha256:aa"}
