@@ -24,7 +24,7 @@ SERVER = textwrap.dedent("""\
 
     def on_term(signum, frame):
         print("got SIGTERM", flush=True)
-        threading.Timer(5, lambda: os._exit(0)).start()
+        threading.Timer(3, lambda: os._exit(0)).start()
 
     signal.signal(signal.SIGTERM, on_term)
 
