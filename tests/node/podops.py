@@ -87,11 +87,12 @@ def describe(cluster: Cluster, namespace: str, pod: str) -> str:
 
 
 def logs(cluster: Cluster, namespace: str, pod: str, container: str, previous: bool = False) -> str:
-    args = ["logs", "-n", namespace, pod, "-c", container, "--tail=200"]
+    """The container's log (last 500 lines); "" when there is none (yet, or any more)."""
+    args = ["logs", "-n", namespace, pod, "-c", container, "--tail=500"]
     if previous:
         args.append("--previous")
     out = cluster.kubectl(*args, check=False)
-    return str(out.stdout) + str(out.stderr)
+    return str(out.stdout) if out.returncode == 0 else ""
 
 
 def container_id(pod: dict[str, Any], container: str) -> str:
@@ -117,6 +118,23 @@ def container_host_pids(cid: str, proc: Path = Path("/proc")) -> list[int]:
                for line in cgroups.splitlines()):
             found.append(int(entry.name))
     return sorted(found)
+
+
+def pod_processes(pod_uid: str, proc: Path = Path("/proc")) -> list[str]:
+    """Command lines of the pod's processes on this host, its pause (sandbox) process left out."""
+    marks = (f"pod{pod_uid}", f"pod{pod_uid.replace('-', '_')}")
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cgroups = (entry / "cgroup").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if any(mark in cgroups for mark in marks) and cmdline and not cmdline.startswith("/pause"):
+            found.append(cmdline)
+    return found
 
 
 def kill_container_hard(cid: str) -> list[int]:
