@@ -129,8 +129,8 @@ def run(once: bool) -> int:
             if wrong:
                 print(f"demo FAILED: unexpected grades for {', '.join(wrong)}", file=sys.stderr)
                 return 1
-            print(f"demo passed: three answers graded by grader pods in {time.monotonic() - started:.0f} s "
-                  "from a cold start")
+            elapsed = time.monotonic() - started - node.timings.get("lock-wait", 0.0)
+            print(f"demo passed: three answers graded by grader pods {elapsed:.0f} s after a cold start")
             if once:
                 return 0
             print(how_to_reach(node, system), flush=True)
