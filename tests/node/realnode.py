@@ -25,6 +25,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import queue
@@ -64,6 +65,8 @@ GATEWAY = "10.85.0.1"
 POD_CIDR = "10.85.0.0/24"
 CLUSTER_DOMAIN = "cluster.local"
 LOCK_PATH = Path("/run/lock/xqueue-k8s-node.lock")
+# Written while a node runs (work dir, sysctls to restore); found at the next start = that run was killed.
+STATE_PATH = Path("/run/lock/xqueue-k8s-node.state")
 GUARD_COMMENT = "xqueue-k8s-node-guard"
 CNI_BIN_DIR = Path("/usr/lib/cni")
 
@@ -446,6 +449,44 @@ def walk_paths(root: str, limit: int = 50_000) -> set[str]:
     return found
 
 
+def delete_chains(select: Callable[[str, str, set[str]], set[str]]) -> None:
+    """Delete the iptables/ip6tables chains ``select(binary, table, existing)`` picks, with every jump
+    into them."""
+    for binary in ("iptables", "ip6tables"):
+        for table in IPTABLES_TABLES:
+            rules = iptables_rules(binary, table)
+            doomed = select(binary, table, chains_in(rules))
+            if not doomed:
+                continue
+            for rule in jumps_to(rules, doomed):
+                run([binary, "-w", "5", "-t", table, "-D", *rule], check=False, timeout=30)
+            for chain in doomed:
+                run([binary, "-w", "5", "-t", table, "-F", chain], check=False, timeout=30)
+            for chain in doomed:
+                run([binary, "-w", "5", "-t", table, "-X", chain], timeout=30)
+
+
+def kill_processes_mentioning(text: str, timeout: float = 10.0) -> list[int]:
+    """SIGKILL every process whose command line contains ``text`` (a unique work-dir path); bounded
+    wait until they are gone. Returns their pids."""
+    pids = []
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit() or int(proc_dir.name) == os.getpid():
+            continue
+        try:
+            if text.encode() in (proc_dir / "cmdline").read_bytes():
+                pids.append(int(proc_dir.name))
+        except OSError:
+            continue
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.1)
+    return pids
+
+
 @dataclass
 class HostState:
     """What a node run may change on the host, captured before start and compared after stop."""
@@ -457,6 +498,29 @@ class HostState:
     paths: set[str]
     cgroups: set[str]
     bridge_exists: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sysctls": self.sysctls,
+            "chains": {f"{b}/{t}": sorted(c) for (b, t), c in self.chains.items()},
+            "guard": {f"{b}/{t}": r for (b, t), r in self.guard.items()},
+            "nft": sorted(self.nft), "paths": sorted(self.paths), "cgroups": sorted(self.cgroups),
+            "bridge_exists": self.bridge_exists,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> HostState:
+        def split(key: str) -> tuple[str, str]:
+            binary, table = key.split("/", 1)
+            return binary, table
+
+        return cls(
+            sysctls=dict(data["sysctls"]),
+            chains={split(k): set(v) for k, v in data["chains"].items()},
+            guard={split(k): list(v) for k, v in data["guard"].items()},
+            nft=set(data["nft"]), paths=set(data["paths"]), cgroups=set(data["cgroups"]),
+            bridge_exists=bool(data["bridge_exists"]),
+        )
 
     @classmethod
     def capture(cls) -> HostState:
@@ -641,6 +705,10 @@ def load_image_manifest(timeout: float = 3600.0) -> dict[str, ImageSpec]:
 # The node
 
 
+def _sigterm_to_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @dataclass
 class _Teardown:
     problems: list[str] = field(default_factory=list)
@@ -713,6 +781,7 @@ class RealNode:
         self._locked = False
         self._guard_added: list[tuple[str, str]] = []
         self._port_forwards = 0
+        self._sigterm_installed = False
 
     # -- attributes shared with ControlPlane ----------------------------------------------------
 
@@ -754,6 +823,13 @@ class RealNode:
             return self
         self._started = True
         atexit.register(self.stop)
+        # `timeout`, CI and process managers stop us with SIGTERM, whose default action skips atexit and
+        # every finally: turn it into KeyboardInterrupt so the teardown runs (pytest then finishes the
+        # session, tearing its fixtures down).
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _sigterm_to_keyboard_interrupt)
+            self._sigterm_installed = True
         t0 = time.monotonic()
         try:
             self.timings["lock-wait"] = self.lock.acquire()
@@ -775,10 +851,15 @@ class RealNode:
         for spec in self.image_specs.values():
             if not spec.archive.is_file():
                 raise NodeError(f"image archive {spec.archive} ({spec.ref}) does not exist")
+        t = time.monotonic()
+        self._recover_killed_run()
         self._remove_stale_state()
+        self.timings["recover"] = time.monotonic() - t
         t = time.monotonic()
         self.before = HostState.capture()
         self.timings["host-snapshot"] = time.monotonic() - t
+        STATE_PATH.write_text(json.dumps({"work_dir": str(self.work_dir), "pid": os.getpid(),
+                                          "before": self.before.to_json()}))
 
         t = time.monotonic()
         self._add_guard()
@@ -826,6 +907,53 @@ class RealNode:
         self.timings["dns+proxy-ready"] = time.monotonic() - t
 
     # -- start steps ---------------------------------------------------------------------------
+
+    def _recover_killed_run(self) -> None:
+        """Undo what a run killed before its teardown left (we hold the lock, so it is not running):
+        its processes (all name its work dir), containers, mounts, chains, cgroups and sysctls."""
+        try:
+            state = json.loads(STATE_PATH.read_text())
+        except FileNotFoundError:
+            return
+        except ValueError:
+            state = {}
+        print(f"realnode: cleaning up after a killed node run (work dir {state.get('work_dir')}, pid "
+              f"{state.get('pid')})", file=sys.stderr)
+        old = Path(str(state.get("work_dir") or "/"))
+        if old.is_absolute() and len(old.parts) >= 3:
+            runc_root = old / "containerd" / "runc"
+            if runc_root.is_dir():
+                for ns_root in runc_root.iterdir():
+                    for cid in run(["runc", "--root", str(ns_root), "list", "-q"], check=False).stdout.split():
+                        run(["runc", "--root", str(ns_root), "delete", "--force", cid], check=False)
+            kill_processes_mentioning(f"{old}/")
+            with contextlib.suppress(NodeError):
+                self._unmount_under(old)
+            # The killed shims' sockets: containerd 1.6 names them sha256("<grpc address>/<ns>/<task id>").
+            tasks = old / "containerd" / "state" / "io.containerd.runtime.v2.task"
+            for task in tasks.glob("*/*"):
+                address = f"{old / 'containerd' / 'containerd.sock'}/{task.parent.name}/{task.name}"
+                Path("/run/containerd/s", hashlib.sha256(address.encode()).hexdigest()).unlink(missing_ok=True)
+        run([str(self.node_bin_dir / "kube-proxy"), "--cleanup"], check=False)
+        try:
+            before = HostState.from_json(state["before"])
+        except (KeyError, TypeError, ValueError):
+            before = None
+        if before is not None:
+            # The same steps as a normal teardown, against the state recorded before the killed run.
+            for step in (lambda: self._delete_chains(before), self._remove_guard,
+                         lambda: self._delete_new_nft_tables(before), lambda: self._remove_new_paths(before),
+                         lambda: self._remove_new_cgroups(before), lambda: self._restore_sysctls(before)):
+                try:
+                    step()
+                except Exception as exc:
+                    print(f"realnode: cleaning up after a killed run: {exc}", file=sys.stderr)
+        else:  # no record: remove what only a node creates
+            delete_chains(lambda _binary, _table, existing: {
+                c for c in existing if c in KUBELET_CHAINS or c.startswith(("KUBE-", "CNI-"))})
+        if old.is_absolute() and len(old.parts) >= 3 and old.name.startswith("xqueue-k8s-node-"):
+            shutil.rmtree(old, ignore_errors=True)
+        STATE_PATH.unlink(missing_ok=True)
 
     def _remove_stale_state(self) -> None:
         """We hold the lock, so a bridge or guard rules of ours are leftovers of a killed run."""
@@ -1095,10 +1223,15 @@ class RealNode:
                 td.problems.append(f"checking leftovers: {exc}")
         self.teardown_problems = td.problems
         if self._locked:
+            if not td.problems:  # else the next start retries the cleanup (see _recover_killed_run)
+                STATE_PATH.unlink(missing_ok=True)
             self.lock.release()
             self._locked = False
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
+        if self._sigterm_installed and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            self._sigterm_installed = False
         if self._own_work_dir and not self.keep_work_dir and not self.leftovers and self.work_dir.exists():
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
@@ -1153,22 +1286,11 @@ class RealNode:
                 os.kill(pid, signal.SIGKILL)
 
     def _delete_chains(self, before: HostState) -> None:
-        for binary in ("iptables", "ip6tables"):
-            for table in IPTABLES_TABLES:
-                rules = iptables_rules(binary, table)
-                existing = chains_in(rules)
-                # kubelet's chains, plus any other KUBE-/CNI- chain this run created (kube-proxy's
-                # cleanup and portmap normally remove their own).
-                doomed = {c for c in existing - before.chains.get((binary, table), set())
-                          if c in KUBELET_CHAINS or c.startswith(("KUBE-", "CNI-"))}
-                if not doomed:
-                    continue
-                for rule in jumps_to(rules, doomed):
-                    run([binary, "-w", "5", "-t", table, "-D", *rule], check=False, timeout=30)
-                for chain in doomed:
-                    run([binary, "-w", "5", "-t", table, "-F", chain], check=False, timeout=30)
-                for chain in doomed:
-                    run([binary, "-w", "5", "-t", table, "-X", chain], timeout=30)
+        # kubelet's chains, plus any other KUBE-/CNI- chain this run created (kube-proxy's cleanup and
+        # portmap normally remove their own).
+        delete_chains(lambda binary, table, existing: {
+            c for c in existing - before.chains.get((binary, table), set())
+            if c in KUBELET_CHAINS or c.startswith(("KUBE-", "CNI-"))})
 
     def _delete_new_nft_tables(self, before: HostState) -> None:
         """iptables-nft creates the nft tables on first use; drop the ones that are new and empty."""

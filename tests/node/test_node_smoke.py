@@ -4,8 +4,11 @@ and a node's teardown leaves nothing behind on the machine."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
+import sys
 import textwrap
 import time
 import urllib.request
@@ -14,7 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.node.realnode import BRIDGE, GATEWAY, GUARD_COMMENT, KUBELET_CHAINS, RealNode, mounts_under
+from tests.node.conftest import node_images, tier_c_skip_reason
+from tests.node.realnode import (
+    BRIDGE,
+    GATEWAY,
+    GUARD_COMMENT,
+    KUBELET_CHAINS,
+    REPO_ROOT,
+    STATE_PATH,
+    HostState,
+    RealNode,
+    mounts_under,
+)
 
 # A tiny HTTP server (stdlib only, runs in any of the project's Python images): answers with the pod's
 # name on every path, resolves ?resolve=NAME, and announces SIGTERM on stdout before exiting a little
@@ -301,3 +315,54 @@ def test_teardown_leaves_nothing_behind(own_node: RealNode) -> None:
     assert processes_mentioning(str(node.containerd_socket)) == []
     assert processes_mentioning(str(node.work_dir)) == []
     assert not Path("/var/lib/kubelet/device-plugins/kubelet.sock").exists()
+
+
+@pytest.mark.own_node
+def test_a_killed_run_is_cleaned_up_by_the_next_start(tmp_path: Path) -> None:
+    """A node whose Python process is SIGKILLed (no teardown at all) leaves its components, pods,
+    mounts, chains and sysctls behind; the next start removes all of it before it begins."""
+    if reason := tier_c_skip_reason():
+        pytest.skip(reason)
+    images = node_images()
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({n: {"ref": i.ref, "archive": str(i.archive)} for n, i in images.items()}))
+    pristine = HostState.capture()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.node.realnode"], cwd=REPO_ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "XQK8S_IMAGE_MANIFEST": str(manifest)})
+    try:
+        assert proc.stdout is not None
+        kubeconfig = None
+        deadline = time.monotonic() + 300
+        while kubeconfig is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, f"python -m tests.node.realnode exited with {proc.wait(timeout=10)}"
+            if line.startswith("KUBECONFIG="):
+                kubeconfig = line.strip().split("=", 1)[1]
+        assert kubeconfig is not None
+        work_dir = Path(kubeconfig).parent
+        kubectl_bin = Path(os.environ["K8S_TEST_BIN_DIR"]) / "kubectl"
+        kubectl = [str(kubectl_bin), f"--kubeconfig={kubeconfig}", "-n", "default"]
+        subprocess.run([*kubectl, "apply", "-f", "-"], check=True, text=True, timeout=60, capture_output=True,
+                       input=json.dumps(deployment("web", images["xqueue-server"].ref, replicas=1)))
+        subprocess.run([*kubectl, "rollout", "status", "deployment/web", "--timeout=120s"], check=True,
+                       timeout=130, capture_output=True)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # only the Python process: the components keep running
+        proc.wait(timeout=30)
+    assert processes_mentioning(f"{work_dir}/"), "expected the killed run's components to survive it"
+    assert mounts_under(Path("/proc/self/mountinfo").read_text(), work_dir)
+    assert STATE_PATH.exists()
+
+    node = RealNode(images)
+    try:
+        node.start()
+        assert processes_mentioning(f"{work_dir}/") == []
+        assert mounts_under(Path("/proc/self/mountinfo").read_text(), work_dir) == []
+        assert not work_dir.exists()
+        assert node.timings["recover"] > 0
+    finally:
+        node.stop()
+    assert node.teardown_problems == []
+    assert pristine.leftovers(HostState.capture()) == []
+    assert not STATE_PATH.exists()
