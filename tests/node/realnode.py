@@ -36,6 +36,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -315,6 +316,22 @@ def corefile(*, gateway: str, ready_port: int, kubeconfig: Path, context: str) -
     }}
 }}
 """
+
+
+def archive_identity(archive: Path) -> str:
+    """What a docker-archive holds: its image config digest(s) from manifest.json (the tar's headers are
+    walked, not its data: milliseconds). The archive's mtime is no identity: the image cache touches
+    archives it hands out."""
+    try:
+        with tarfile.open(archive) as tar:
+            member = tar.extractfile("manifest.json")
+            if member is None:
+                raise KeyError("manifest.json")
+            manifest = json.load(member)
+        return ",".join(sorted(str(entry["Config"]) for entry in manifest))
+    except (OSError, KeyError, ValueError, TypeError, tarfile.TarError):
+        st = archive.stat()
+        return f"{archive}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def image_list(ctr_output: str) -> dict[str, str]:
@@ -1042,8 +1059,7 @@ class RealNode:
         wanted = {spec.ref: spec for spec in self.image_specs.values()}
 
         def identity(spec: ImageSpec) -> str:
-            st = spec.archive.stat()
-            return f"{spec.archive}:{st.st_size}:{st.st_mtime_ns}"
+            return archive_identity(spec.archive)
 
         # CRI adds sha256:<id> and digest references to each image: keep those of wanted images.
         keep = {listing[ref] for ref in wanted if ref in listing}

@@ -11,6 +11,7 @@ import pytest
 from tests.node.realnode import (
     IMAGE_NAMES,
     NodeError,
+    archive_identity,
     chains_in,
     containerd_config,
     corefile,
@@ -118,3 +119,22 @@ def test_image_list_maps_refs_to_digests() -> None:
            "linux/amd64 io.cri-containerd.image=managed\n"
            "sha256:bb application/vnd.docker.distribution.manifest.v2+json sha256:aa 1.4 MiB linux/amd64 -\n")
     assert image_list(out) == {"localhost/xqueue-k8s/pause:t": "sha256:aa", "sha256:bb": "sha256:aa"}
+
+
+def test_archive_identity_is_the_image_config_not_the_file_time(tmp_path: Path) -> None:
+    import io
+    import os
+    import tarfile
+
+    archive = tmp_path / "image.tar"
+    manifest = json.dumps([{"Config": "abc.json", "RepoTags": ["localhost/x:1"], "Layers": []}]).encode()
+    with tarfile.open(archive, "w") as tar:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest))
+    first = archive_identity(archive)
+    os.utime(archive, (1, 1))
+    assert archive_identity(archive) == first == "abc.json"
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(b"not a tar")
+    assert archive_identity(broken).startswith(f"{broken}:9:")
