@@ -796,7 +796,6 @@ class RealNode:
         self._started = False
         self._stopped = False
         self._locked = False
-        self._guard_added: list[tuple[str, str]] = []
         self._port_forwards = 0
         self._sigterm_installed = False
 
@@ -854,7 +853,8 @@ class RealNode:
             self._start()
         except BaseException as exc:
             message = f"{exc}\n\n{self.log_tails(200)}"
-            self.keep_work_dir = True
+            # Keep the logs of a failed start for a post-mortem (not when it never got the lock).
+            self.keep_work_dir = self._locked
             self.stop()
             if isinstance(exc, ControlPlaneError):
                 raise NodeError(f"{message}\n(work dir kept: {self.work_dir})") from None
@@ -986,7 +986,6 @@ class RealNode:
             for binary in ("iptables", "ip6tables"):
                 run([binary, "-w", "5", "-t", "mangle", "-I", "FORWARD", "-o", name,
                      "-m", "comment", "--comment", GUARD_COMMENT, "-j", "DROP"])
-                self._guard_added.append((binary, name))
 
     def _create_bridge(self) -> None:
         run(["ip", "link", "add", BRIDGE, "type", "bridge"])
@@ -1191,6 +1190,13 @@ class RealNode:
         if self._stopped or not self._started:
             return
         self._stopped = True
+        if not self._locked:
+            # Never got the lock: nothing on the host is ours (the bridge and rules there belong to the
+            # node that holds it), so only our own files go.
+            self._release_process_hooks()
+            if self._own_work_dir and not self.keep_work_dir:
+                shutil.rmtree(self.work_dir, ignore_errors=True)
+            return
         t0 = time.monotonic()
         td = _Teardown()
         kubelet = self._component("kubelet")
@@ -1243,13 +1249,16 @@ class RealNode:
                 STATE_PATH.unlink(missing_ok=True)
             self.lock.release()
             self._locked = False
+        self._release_process_hooks()
+        if self._own_work_dir and not self.keep_work_dir and not self.leftovers and self.work_dir.exists():
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def _release_process_hooks(self) -> None:
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
         if self._sigterm_installed and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             self._sigterm_installed = False
-        if self._own_work_dir and not self.keep_work_dir and not self.leftovers and self.work_dir.exists():
-            shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def _crictl(self, *args: str, timeout: float = 60.0, check: bool = True) -> subprocess.CompletedProcess[str]:
         endpoint = f"unix://{self.containerd_socket}"
@@ -1324,7 +1333,6 @@ class RealNode:
         for binary in ("iptables", "ip6tables"):
             for rule in guard_rules(iptables_rules(binary, "mangle")):
                 run([binary, "-w", "5", "-t", "mangle", "-D", *rule], timeout=30)
-        self._guard_added = []
 
     def _remove_new_paths(self, before: HostState) -> None:
         now: set[str] = set()

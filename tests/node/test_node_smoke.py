@@ -25,7 +25,10 @@ from tests.node.realnode import (
     KUBELET_CHAINS,
     REPO_ROOT,
     STATE_PATH,
+    HostLock,
     HostState,
+    ImageSpec,
+    NodeError,
     RealNode,
     mounts_under,
 )
@@ -366,3 +369,24 @@ def test_a_killed_run_is_cleaned_up_by_the_next_start(tmp_path: Path) -> None:
     assert node.teardown_problems == []
     assert pristine.leftovers(HostState.capture()) == []
     assert not STATE_PATH.exists()
+
+
+@pytest.mark.own_node
+def test_a_node_that_cannot_get_the_lock_touches_nothing() -> None:
+    """While another node holds the machine-wide lock, a second one gives up after its bounded wait and
+    leaves the host (the other node's bridge and rules) alone; only its own empty work dir goes."""
+    if reason := tier_c_skip_reason():
+        pytest.skip(reason)
+    holder = HostLock(timeout=900)
+    holder.acquire()
+    try:
+        before = HostState.capture()
+        node = RealNode({"pause": ImageSpec("localhost/xqueue-k8s/pause:none", Path("/nonexistent.tar"))},
+                        lock_timeout=0.5)
+        with pytest.raises(NodeError, match="another test node holds"):
+            node.start()
+        assert not node.work_dir.exists()
+        assert "teardown" not in node.timings
+        assert before.leftovers(HostState.capture()) == []
+    finally:
+        holder.release()
