@@ -143,8 +143,9 @@ class Lms:
         submitted: list[dict[str, Any]] = reply.json()["submitted"]
         return submitted
 
-    def results(self) -> dict[str, dict[str, Any]]:
-        reply = self.http.get(f"{self.base}/simulator/results", params={"msg": "0"}, timeout=30)
+    def results(self, with_msg: bool = False) -> dict[str, dict[str, Any]]:
+        reply = self.http.get(f"{self.base}/simulator/results", params={"msg": "1" if with_msg else "0"},
+                              timeout=30)
         reply.raise_for_status()
         return {s["key"]: s for s in reply.json()["submissions"]}
 
