@@ -1,20 +1,23 @@
 """NetworkPolicy on the real node (tier C).
 
-Enforcement: the node's bridge CNI enforces nothing, so an enforcer has to run next to it.
-`sigs.k8s.io/kube-network-policies` (kind's enforcer) sends the first packet of each connection to
-user space with an nftables `queue` rule. This machine's kernel is built without CONFIG_NFT_QUEUE
-(nfnetlink_queue itself is there), so no rule set with a `queue` statement loads: `nft` answers
-"Could not process rule: No such file or directory", and kube-network-policies v0.8.0, run for real
-against this cluster (XQK8S_KNP_BINARY), syncs its informers and then logs `"syncing nftables rules"
-error=<conn.Receive: netlink receive: no such file or directory>` and installs nothing.
-`test_policies_are_enforced` says exactly that when it skips; where the kernel takes the rules it
-runs the enforcer and checks live connections from a grader pod.
+The node's bridge CNI enforces nothing, so an enforcer has to run next to it.
 
-What is checked regardless, on the real objects and pods: the chart's and the operator's
-NetworkPolicies exist, each selects exactly the pods it is meant for, and - evaluated with the
-NetworkPolicy rules (tests/node/netpol.py) against the live pods' labels and addresses - a grader pod
-may reach the XQueue server and DNS, but not PostgreSQL, the API server or the LMS, and PostgreSQL
-admits only the server.
+* `sigs.k8s.io/kube-network-policies` (kind's enforcer) cannot work on this machine: it sends the
+  first packet of each connection to user space with an nftables `queue` rule, and the kernel is built
+  without CONFIG_NFT_QUEUE (nfnetlink_queue itself is there). `nft` answers "Could not process rule:
+  No such file or directory"; kube-network-policies v0.8.0, run for real against this cluster
+  (XQK8S_KNP_BINARY), syncs its informers, logs `"syncing nftables rules" error=<conn.Receive:
+  netlink receive: no such file or directory>` and installs nothing.
+* kube-router's NetworkPolicy controller (github.com/cloudnativelabs/kube-router/v2 v2.1.0 from the
+  module proxy, iptables + ipset, which this kernel has) does work: run as a host process with only
+  `--run-firewall` (XQK8S_KUBE_ROUTER_BINARY; needs the `ipset` command), it enforces the chart's and
+  the operator's policies, and `test_policies_are_enforced` checks live connections from real pods.
+  Its iptables chains and ipsets are removed afterwards. Without the binary the test skips, naming why.
+
+Checked regardless, on the real objects and pods: the chart's and the operator's NetworkPolicies
+exist, each selects exactly the pods it is meant for, and - evaluated with the NetworkPolicy rules
+(tests/node/netpol.py) against the live pods' labels and addresses - a grader pod may reach the XQueue
+server and DNS, but not PostgreSQL, the API server or the LMS, and PostgreSQL admits only the server.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -156,6 +161,70 @@ def _table_rules() -> str:
     return out.stdout
 
 
+# -- kube-router: iptables + ipset, which this kernel has -------------------------------------------
+
+KUBE_ROUTER_CHAINS = ("KUBE-ROUTER-", "KUBE-NWPLCY-", "KUBE-POD-FW-")
+
+
+def kube_router_binary() -> Path | None:
+    """XQK8S_KUBE_ROUTER_BINARY, else kube-router in K8S_NODE_BIN_DIR; it also needs `ipset`."""
+    for candidate in (os.environ.get("XQK8S_KUBE_ROUTER_BINARY"),
+                      str(Path(os.environ.get("K8S_NODE_BIN_DIR") or "/nonexistent") / "kube-router")):
+        if candidate and Path(candidate).is_file() and shutil.which("ipset"):
+            return Path(candidate)
+    return None
+
+
+def _ipsets() -> set[str]:
+    out = subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True, timeout=10)
+    return set(out.stdout.split())
+
+
+def _kube_router_rules() -> list[list[str]]:
+    """kube-router's jumps from the built-in chains (to delete) and its own chains (to flush and remove)."""
+    dump = subprocess.run(["iptables-save", "-t", "filter"], capture_output=True, text=True, timeout=10).stdout
+    jumps = [shlex.split(line)[1:] for line in dump.splitlines()
+             if line.startswith(("-A INPUT ", "-A FORWARD ", "-A OUTPUT ")) and "-j KUBE-ROUTER-" in line]
+    chains = [line[1:].split()[0] for line in dump.splitlines()
+              if line.startswith(":") and line[1:].startswith(KUBE_ROUTER_CHAINS)]
+    return [["-D", *rule[1:]] if rule[0] == "-A" else rule for rule in jumps] + \
+        [["-F", c] for c in chains] + [["-X", c] for c in chains]
+
+
+@contextlib.contextmanager
+def running_kube_router(cluster: Any, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """kube-router's NetworkPolicy controller alone (no routing, no service proxy, no CNI) next to the
+    node, until its rules are in place; afterwards its iptables chains and ipsets are removed again."""
+    binary = kube_router_binary()
+    assert binary is not None
+    sets_before = _ipsets()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [str(binary), f"--kubeconfig={cluster.kubeconfig}", f"--hostname-override={cluster.node_name}",
+             "--run-firewall=true", "--run-router=false", "--run-service-proxy=false", "--enable-cni=false",
+             "--health-port=0", "--metrics-port=0", "--iptables-sync-period=1m"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(r[:2] == ["-X", "KUBE-ROUTER-FORWARD"] for r in _kube_router_rules()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"kube-router did not set up its rules: {log_path.read_text()[-2000:]}")
+            time.sleep(0.5)
+        time.sleep(2)  # the per-policy chains follow the first full sync
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        for rule in _kube_router_rules():
+            subprocess.run(["iptables", "-t", "filter", *rule], capture_output=True, timeout=10, check=False)
+        for name in _ipsets() - sets_before:
+            subprocess.run(["ipset", "destroy", name], capture_output=True, timeout=10, check=False)
+
+
 @pytest.fixture(scope="module")
 def release(real_cluster: Any) -> Iterator[Release]:
     from tests.node.system import installed_release
@@ -240,36 +309,65 @@ def test_policies_exist_and_select_the_right_pods(release: Release) -> None:
     }, json.dumps(verdicts, indent=1)
 
 
+PROBE = (
+    "import json, socket, sys\n"
+    "def tcp(host, port):\n"
+    "    try:\n"
+    "        socket.create_connection((host, int(port)), timeout=3).close()\n"
+    "        return 'open'\n"
+    "    except OSError as exc:\n"
+    "        return type(exc).__name__\n"
+    "out = {}\n"
+    "for label, host, port in zip(sys.argv[1::3], sys.argv[2::3], sys.argv[3::3]):\n"
+    "    out[label] = tcp(host, port)\n"
+    "try:\n"
+    "    socket.gethostbyname(sys.argv[2]); out['dns'] = 'resolved'\n"
+    "except OSError as exc:\n"
+    "    out['dns'] = type(exc).__name__\n"
+    "print(json.dumps(out))\n")
+
+
+def probe_from(release: Release, pod: dict[str, Any], container: str,
+               targets: list[tuple[str, str, int]]) -> dict[str, str]:
+    """Connection attempts from inside `pod` (label, host, port), plus a DNS lookup of the first host."""
+    argv = [str(x) for target in targets for x in target]
+    out = release.kubectl("exec", "-n", release.namespace, pod["metadata"]["name"], "-c", container, "--",
+                          "python", "-c", PROBE, *argv, timeout=90)
+    result: dict[str, str] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
 def test_policies_are_enforced(release: Release, tmp_path: Path) -> None:
-    if (problem := enforcement_problem(release.cluster, tmp_path)) is not None:
-        pytest.skip(f"no NetworkPolicy enforcement on this machine: {problem}")
+    """With an enforcer running next to the node: the grader reaches the server and DNS only, and
+    PostgreSQL admits the server but not the LMS (the same verdicts as the evaluation above)."""
+    if kube_router_binary() is None and (problem := enforcement_problem(release.cluster, tmp_path)) is not None:
+        pytest.skip(f"no NetworkPolicy enforcement on this machine: {problem}; kube-router (which works "
+                    f"here) is not built: set XQK8S_KUBE_ROUTER_BINARY and install ipset")
     cg, queue = "enforced", "enforced-course"
     release.apply_coursegrader(cg, queue, slots=1, scaling={"minReplicas": 1, "maxReplicas": 1})
     try:
-        (pod,) = release.wait_graders_ready(cg, 1)
+        (grader,) = release.wait_graders_ready(cg, 1)
         (database,) = pods(release.cluster, release.namespace, "app.kubernetes.io/component=postgresql")
-        probe = (
-            "import socket, sys\n"
-            "def tcp(host, port):\n"
-            "    try:\n"
-            "        socket.create_connection((host, port), timeout=3).close(); return 'open'\n"
-            "    except OSError as exc:\n"
-            "        return type(exc).__name__\n"
-            "out = {'server': tcp(sys.argv[1], int(sys.argv[2])), 'postgresql': tcp(sys.argv[3], 5432),\n"
-            "       'apiserver': tcp(sys.argv[4], int(sys.argv[5]))}\n"
-            "try:\n"
-            "    socket.gethostbyname(sys.argv[1]); out['dns'] = 'resolved'\n"
-            "except OSError as exc:\n"
-            "    out['dns'] = type(exc).__name__\n"
-            "print(out)\n")
-        with running_enforcer(release.cluster, tmp_path / "enforcer.log"):
-            time.sleep(3)
-            out = release.kubectl(
-                "exec", "-n", release.namespace, pod["metadata"]["name"], "-c", "grader", "--", "python", "-c", probe,
-                f"{release.server}.{release.namespace}.svc", str(SERVER_PORT), database["status"]["podIP"],
-                release.cluster.gateway_ip, release.cluster.server.rsplit(":", 1)[1], timeout=60)
+        server = next(p for p in pods(release.cluster, release.namespace, "app.kubernetes.io/component=server"))
+        lms = next(p for p in pods(release.cluster, release.namespace, "app.kubernetes.io/name=lms-simulator"))
+        api_port = int(release.cluster.server.rsplit(":", 1)[1])
+        from_grader = [("server", f"{release.server}.{release.namespace}.svc", SERVER_PORT),
+                       ("postgresql", database["status"]["podIP"], 5432),
+                       ("apiserver", release.cluster.gateway_ip, api_port)]
+        to_database = [("postgresql", database["status"]["podIP"], 5432)]
+        # Without enforcement everything is open: the probes themselves can reach every target.
+        open_before = (probe_from(release, grader, "grader", from_grader), probe_from(release, lms, "lms", to_database))
+        with running_kube_router(release.cluster, tmp_path / "kube-router.log"):
+            enforced = (probe_from(release, grader, "grader", from_grader),
+                        probe_from(release, server, "server", to_database),
+                        probe_from(release, lms, "lms", to_database))
     finally:
         release.delete_coursegrader(cg)
-    result = out.stdout.strip()
-    assert result == str({"server": "open", "postgresql": "TimeoutError", "apiserver": "TimeoutError",
-                          "dns": "resolved"}), result
+    print(f"before: {open_before}; enforced by kube-router: {enforced}")
+    assert open_before == ({"server": "open", "postgresql": "open", "apiserver": "open", "dns": "resolved"},
+                           {"postgresql": "open", "dns": "resolved"}), open_before
+    grader_seen, server_seen, lms_seen = enforced
+    assert grader_seen["server"] == "open" and grader_seen["dns"] == "resolved", grader_seen
+    assert grader_seen["postgresql"] != "open" and grader_seen["apiserver"] != "open", grader_seen
+    assert server_seen["postgresql"] == "open", server_seen
+    assert lms_seen["postgresql"] != "open", lms_seen
