@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build (or reuse from the cache) the binaries of the real test node (test tier C):
-#   kubelet, kube-proxy (Kubernetes, same version/tags/ldflags as the control plane), crictl, coredns.
+#   kubelet, kube-proxy (Kubernetes, same version/tags/ldflags as the control plane), crictl, coredns,
+#   and kube-router (its NetworkPolicy controller enforces policies next to the node: iptables + ipset,
+#   which these kernels have; tests/node/test_network_policy.py).
 # containerd, runc and the CNI plugins come from Debian (scripts/ensure-system-deps.sh), not from here.
 # Not built: sigs.k8s.io/kube-network-policies (v0.8.0 builds with CGO_ENABLED=0 in ~5 min, but cannot
 # run on these machines: their kernel lacks CONFIG_NFT_QUEUE, and its nftables rules need the `queue`
@@ -40,6 +42,7 @@ NODE_MOD="$ROOT/tools/k8s-node"
 # Versions not pinned by a go.mod of ours (`go install pkg@version`; none has replace directives).
 CRICTL_VERSION="v1.34.0"       # cri-tools: v1.35.0 is not served; v1.34 speaks CRI v1 to containerd 1.6
 COREDNS_VERSION="v1.12.4"      # has the kubernetes plugin; measured in the tier-C spike
+KUBE_ROUTER_VERSION="v2.1.0"   # github.com/cloudnativelabs/kube-router/v2, newest served; no replace lines
 # Bump when the layout/contents of the bin dir change without any other input changing.
 LAYOUT_VERSION="1"
 
@@ -81,8 +84,8 @@ key="$(
     for f in "$NODE_MOD/go.mod" "$NODE_MOD/go.sum"; do
       printf '%s\n' "${f#"$ROOT"/}"; cat "$f"
     done
-    printf 'crictl=%s\ncoredns=%s\nldflags=%s\ncrictl_ldflags=%s\ntags=%s\ngo=%s\nlayout=%s\n' \
-      "$CRICTL_VERSION" "$COREDNS_VERSION" "$(k8s_ldflags BUILD_DATE)" "$CRICTL_LDFLAGS" \
+    printf 'crictl=%s\ncoredns=%s\nkube-router=%s\nldflags=%s\ncrictl_ldflags=%s\ntags=%s\ngo=%s\nlayout=%s\n' \
+      "$CRICTL_VERSION" "$COREDNS_VERSION" "$KUBE_ROUTER_VERSION" "$(k8s_ldflags BUILD_DATE)" "$CRICTL_LDFLAGS" \
       "$K8S_TAGS" "$GO_VERSION" "$LAYOUT_VERSION"
   } | sha256sum | cut -c1-16
 )"
@@ -140,11 +143,12 @@ t_start=$SECONDS
 
 step crictl go_install "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION" "$CRICTL_LDFLAGS"
 step coredns go_install "github.com/coredns/coredns@$COREDNS_VERSION"
+step kube-router go_install "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION"
 # Last: by then the control plane's build (usually run just before) has filled the Go build cache with
 # the packages kubelet shares with kube-apiserver.
 step kubelet+kube-proxy build_kube kubelet kube-proxy
 
-for b in kubelet kube-proxy crictl coredns; do
+for b in kubelet kube-proxy crictl coredns kube-router; do
   [[ -x "$TMP/$b" ]] || die "missing binary $TMP/$b"
 done
 versions="$(

@@ -4,7 +4,8 @@
 # git (the grader fetches course repositories) and libseccomp2 (the sandbox's network filter).
 #
 # As root, also what builds container images without Docker (buildah, mmdebstrap: scripts/build-images.sh)
-# and runs the real test node (containerd, runc, containernetworking-plugins, iptables, conntrack).
+# and runs the real test node (containerd, runc, containernetworking-plugins, iptables, conntrack, and
+# ipset for kube-router's NetworkPolicy enforcement).
 # Both need root, so a non-root developer's machine is left alone; each package is looked for by its
 # binary, so Docker's own containerd/runc count as present (Debian's containerd conflicts with Docker's
 # containerd.io). XQ_NODE_DEPS=0 skips them.
@@ -22,7 +23,7 @@ ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || need+=(libseccomp2)
 if [[ $(id -u) == 0 && "${XQ_NODE_DEPS:-1}" != 0 && "$(uname -s)" == Linux ]]; then
   # package:file-it-provides (PATH is searched for bare names)
   for entry in buildah:buildah mmdebstrap:mmdebstrap containerd:containerd runc:runc \
-    containernetworking-plugins:/usr/lib/cni/bridge iptables:iptables conntrack:conntrack; do
+    containernetworking-plugins:/usr/lib/cni/bridge iptables:iptables conntrack:conntrack ipset:ipset; do
     pkg="${entry%%:*}"
     file="${entry#*:}"
     if [[ "$file" == /* ]]; then
