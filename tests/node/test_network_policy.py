@@ -101,6 +101,16 @@ def enforcer_identity(cluster: Any, work: Path) -> Path:
     return sa_dir
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 15 s: an enforcer that hangs must not hang the test run."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
 @contextlib.contextmanager
 def running_enforcer(cluster: Any, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """kube-network-policies as a host process next to the node; its nftables table is removed after."""
@@ -119,12 +129,7 @@ def running_enforcer(cluster: Any, log_path: Path) -> Iterator[subprocess.Popen[
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc)
         if KNP_TABLE in nft_tables():
             subprocess.run(["nft", "delete", "table", "inet", KNP_TABLE], timeout=10, check=False)
         cluster.kubectl("delete", "clusterrolebinding", "xqk8s-kube-network-policies", "--ignore-not-found",
@@ -213,12 +218,7 @@ def running_kube_router(cluster: Any, log_path: Path) -> Iterator[subprocess.Pop
         time.sleep(2)  # the per-policy chains follow the first full sync
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc)
         for rule in _kube_router_rules():
             subprocess.run(["iptables", "-t", "filter", *rule], capture_output=True, timeout=10, check=False)
         for name in _ipsets() - sets_before:
