@@ -1,14 +1,25 @@
-"""XQueue server load benchmark: full cycles/s and submit->callback latency.
+"""XQueue server load benchmark: full cycles/s, submit->callback latency and the cost of one cycle.
 
-One full cycle = an LMS ``submit`` -> a grader's ``get_submission`` (long-poll) -> ``put_result`` ->
-the LMS callback received by a fake LMS. Everything runs on this machine on 127.0.0.1: a throwaway
-PostgreSQL, the server (``xqueue-server`` in its own process(es)), and this load generator (simulated
-LMS clients, simulated no-op pull graders and the fake LMS, in one asyncio process).
+One full cycle = an LMS ``submit`` -> a grader's classic ``get_submission`` (single pull, no long-poll)
+-> ``put_result`` -> the LMS callback received by a fake LMS. Everything runs on this machine on
+127.0.0.1: a throwaway PostgreSQL, the server (``xqueue-server``, N processes sharing the port, as the
+chart's replicas share one database) and this load generator (LMS clients, classic polling graders
+and the fake LMS in one uvloop process).
 
-Phase 1 (max throughput): LMS clients submit in a closed loop with bounded outstanding work.
-Phase 2 (latency): open-loop submissions at half the measured maximum; reports p50/p99 submit->callback.
+The shape mirrors an outside check: each LMS client submits and waits for its callback before the
+next submission (closed loop), graders poll ``get_submission`` and sleep ``--poll-interval`` when the
+queue is empty (like xqueue-watcher). Phase 1 measures the maximum; phase 2 submits open loop at half
+of it and reports the latency percentiles there.
 
-    make bench-server              # or: python bench/server_load.py --graders 16 --seconds 20
+Per configuration it prints: cycles/s, latency, lost submissions (no callback) and duplicate
+hand-outs (an id handed out twice), CPU seconds per cycle of the server process(es), of all
+PostgreSQL processes and of the load generator, and per cycle the statements (pg_stat_statements
+calls, BEGIN/COMMIT included: asyncpg sends each as one round trip, so this is also the round trips)
+and commits (pg_stat_database.xact_commit) of the benchmark's database.
+
+    make bench-server
+    python bench/server_load.py --durability durable,fast --servers 1,2 --seconds 10
+    python bench/server_load.py --server-src /tmp/old-tree   # the server of another source tree
 """
 
 from __future__ import annotations
@@ -19,15 +30,18 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 from aiohttp import web
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,22 +52,99 @@ from xqueue_server.testing import create_database  # noqa: E402
 
 QUEUE = "bench"
 GRADE = json.dumps({"correct": True, "score": 1, "msg": "<p>ok</p>"})
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# ----------------------------------------------------------------------------- CPU accounting
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, in seconds (0 when it has gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def children_of(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                    found.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+@dataclass
+class CpuSnapshot:
+    server: float
+    postgres: float
+    generator: float
+
+
+class CpuMeter:
+    """CPU of the server processes, the postmaster with all its children, and this process. Backends
+    that exit between two snapshots are missed, so connections are opened before the first one."""
+
+    def __init__(self, servers: list[int], postmaster: int) -> None:
+        self.servers = servers
+        self.postmaster = postmaster
+
+    def snapshot(self) -> CpuSnapshot:
+        postgres = [self.postmaster, *children_of(self.postmaster)]
+        return CpuSnapshot(sum(cpu_seconds(p) for p in self.servers), sum(cpu_seconds(p) for p in postgres),
+                           cpu_seconds(os.getpid()))
+
+
+# ----------------------------------------------------------------------------- database counters
+STATS_SQL = """
+SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = $1) AS commits,
+       (SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+         WHERE d.datname = $1) AS statements
+"""
+
+
+async def db_counters(cluster_url: str, database: str) -> tuple[int, int]:
+    conn = await asyncpg.connect(cluster_url)
+    try:
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = await conn.fetchrow(STATS_SQL, database)
+        return int(row["commits"]), int(row["statements"])
+    finally:
+        await conn.close()
+
+
+# ----------------------------------------------------------------------------- load generator
+@dataclass
+class Tally:
+    sent: dict[str, float] = field(default_factory=dict)  # lms_key -> submitted at
+    waiting: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    received: int = 0
+    duplicate_callbacks: int = 0
+    handed_out: Counter[int] = field(default_factory=Counter)  # submission id -> times handed out
+    seen_keys: set[str] = field(default_factory=set)
 
 
 class FakeLMS:
-    def __init__(self) -> None:
-        self.sent: dict[str, float] = {}
-        self.latencies: list[float] = []
-        self.received = 0
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
         self.port = free_port()
 
     async def handle(self, request: web.Request) -> web.Response:
         form = await request.post()
         key = json.loads(str(form["xqueue_header"]))["lms_key"]
-        sent = self.sent.pop(key, None)
-        if sent is not None:
-            self.latencies.append(time.perf_counter() - sent)
-            self.received += 1
+        sent = self.tally.sent.pop(key, None)
+        if sent is None:
+            self.tally.duplicate_callbacks += key in self.tally.seen_keys
+        else:
+            self.tally.latencies.append(time.perf_counter() - sent)
+            self.tally.received += 1
+            waiter = self.tally.waiting.pop(key, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         return web.Response(text="")
 
     async def start(self) -> web.AppRunner:
@@ -61,7 +152,7 @@ class FakeLMS:
         app.router.add_post("/{tail:.*}", self.handle)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        await web.TCPSite(runner, "127.0.0.1", self.port, backlog=1024).start()
         return runner
 
 
@@ -71,167 +162,247 @@ async def login(session: aiohttp.ClientSession, base: str, username: str, passwo
         assert reply["return_code"] == 0, reply
 
 
-async def grader_loop(base: str, stop: asyncio.Event, bulk: int) -> None:
-    """A no-op pull grader: classic single pulls, or the bulk extension when ``bulk`` > 1."""
+async def classic_grader(base: str, stop: asyncio.Event, tally: Tally, poll_interval: float) -> None:
+    """A no-op grader pulling one submission per call, the way xqueue-watcher does."""
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
         await login(session, base, "grader", "grader-password")
-        params = {"queue_name": QUEUE, "wait": "1", **({"max": str(bulk)} if bulk > 1 else {})}
+        params = {"queue_name": QUEUE}
         while not stop.is_set():
             async with session.get(f"{base}/xqueue/get_submission/", params=params) as r:
                 reply = await r.json(content_type=None)
             if reply["return_code"] != 0:
-                continue
-            if bulk > 1:
-                items = json.loads(reply["content"])
-                results = json.dumps([{"xqueue_header": i["xqueue_header"], "xqueue_body": GRADE} for i in items])
-                async with session.post(f"{base}/xqueue/put_result/", data={"results": results}) as r:
-                    await r.read()
+                await asyncio.sleep(poll_interval)
                 continue
             item = json.loads(reply["content"])
+            tally.handed_out[json.loads(item["xqueue_header"])["submission_id"]] += 1
             async with session.post(f"{base}/xqueue/put_result/",
                                     data={"xqueue_header": item["xqueue_header"], "xqueue_body": GRADE}) as r:
-                await r.read()
+                reply = await r.json(content_type=None)
+                assert reply["return_code"] == 0, reply
 
 
-async def submit_one(session: aiohttp.ClientSession, base: str, lms: FakeLMS) -> None:
+async def submit_one(session: aiohttp.ClientSession, base: str, lms: FakeLMS) -> asyncio.Future[None]:
     key = uuid.uuid4().hex
     header = json.dumps({"lms_callback_url": f"http://127.0.0.1:{lms.port}/cb/{key}", "lms_key": key,
                          "queue_name": QUEUE})
-    lms.sent[key] = time.perf_counter()
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    lms.tally.sent[key] = time.perf_counter()
+    lms.tally.seen_keys.add(key)
+    lms.tally.waiting[key] = done
     async with session.post(f"{base}/xqueue/submit/", data={"xqueue_header": header, "xqueue_body": "{}"}) as r:
         reply = await r.json(content_type=None)
         assert reply["return_code"] == 0, reply
+    return done
 
 
-async def closed_loop(base: str, lms: FakeLMS, clients: int, seconds: float, outstanding: int) -> float:
-    stop = time.perf_counter() + seconds
-
-    async def client() -> None:
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
-            await login(session, base, "lms", "lms-password")
-            while time.perf_counter() < stop:
-                if len(lms.sent) > outstanding:
-                    await asyncio.sleep(0.002)
-                    continue
-                await submit_one(session, base, lms)
-
-    start_received, started = lms.received, time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(clients)))
-    return (lms.received - start_received) / (time.perf_counter() - started)
+async def lms_client(session: aiohttp.ClientSession, base: str, lms: FakeLMS, until: float) -> None:
+    """Submit, wait for the grade, submit again (a learner per client)."""
+    while time.perf_counter() < until:
+        done = await submit_one(session, base, lms)
+        try:
+            await asyncio.wait_for(done, 30)
+        except TimeoutError:
+            return  # counted as lost at the end
 
 
-async def open_loop(base: str, lms: FakeLMS, rate: float, seconds: float) -> None:
-    connector = aiohttp.TCPConnector(limit=64)
-    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
-        await login(session, base, "lms", "lms-password")
-        interval, next_at, end = 1.0 / rate, time.perf_counter(), time.perf_counter() + seconds
-        tasks = set()
-        while next_at < end:
-            delay = next_at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            task = asyncio.create_task(submit_one(session, base, lms))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            next_at += interval
-        await asyncio.gather(*tasks)
+async def closed_loop(sessions: list[aiohttp.ClientSession], base: str, lms: FakeLMS, seconds: float) -> None:
+    until = time.perf_counter() + seconds
+    await asyncio.gather(*(lms_client(s, base, lms, until) for s in sessions))
+
+
+async def open_loop(session: aiohttp.ClientSession, base: str, lms: FakeLMS, rate: float, seconds: float) -> None:
+    interval, next_at, end = 1.0 / rate, time.perf_counter(), time.perf_counter() + seconds
+    tasks: set[asyncio.Task[asyncio.Future[None]]] = set()
+    while next_at < end:
+        delay = next_at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(submit_one(session, base, lms))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        next_at += interval
+    await asyncio.gather(*tasks)
 
 
 def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def run(args: argparse.Namespace, base: str) -> None:
-    lms = FakeLMS()
+@dataclass
+class Result:
+    label: str
+    throughput: float
+    p50: float
+    p99: float
+    half_rate: float
+    half_p50: float
+    half_p99: float
+    lost: int
+    duplicate_handouts: int
+    duplicate_callbacks: int
+    cpu_server: float
+    cpu_postgres: float
+    cpu_generator: float
+    statements: float
+    commits: float
+
+
+async def measure(args: argparse.Namespace, base: str, cluster_url: str, database: str, meter: CpuMeter,
+                  label: str) -> Result:
+    tally = Tally()
+    lms = FakeLMS(tally)
     runner = await lms.start()
     stop = asyncio.Event()
-    graders = [asyncio.create_task(grader_loop(base, stop, args.bulk)) for _ in range(args.graders)]
-    await asyncio.sleep(1.0)
-    await closed_loop(base, lms, args.clients, 3.0, args.outstanding)  # warm-up
-    await asyncio.sleep(1.0)
-    lms.latencies.clear()
-    throughput = await closed_loop(base, lms, args.clients, args.seconds, args.outstanding)
-    max_latencies = list(lms.latencies)
-    await asyncio.sleep(2.0)
-    lms.latencies.clear()
-    rate = max(1.0, throughput / 2)
-    await open_loop(base, lms, rate, args.seconds)
-    deadline = time.perf_counter() + 10
-    while lms.sent and time.perf_counter() < deadline:  # noqa: ASYNC110 - polling a plain dict
-        await asyncio.sleep(0.05)
-    half = list(lms.latencies)
-    stop.set()
-    await asyncio.gather(*graders, return_exceptions=True)
-    async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as r:
-        metrics = await r.text()
-    counts: dict[str, float] = {}
-    for line in metrics.splitlines():
-        if line.startswith(("xqueue_http_request_duration_seconds_count", "xqueue_pulls_total",
-                            "xqueue_empty_pulls_total", "xqueue_callback_attempts_total")):
-            name, value = line.rsplit(" ", 1)
-            route = name.split("route=\"")[1].split("\"")[0] if "route=" in name else name.split("{")[0]
-            counts[route] = counts.get(route, 0.0) + float(value)
-    await runner.cleanup()
-    print(f"machine: {os.cpu_count()} cores; server workers: {args.workers}; graders: {args.graders}; "
-          f"LMS clients: {args.clients}; bulk: {args.bulk}")
-    print(f"max throughput: {throughput:.0f} full cycles/s "
-          f"(p50 {percentile(max_latencies, 0.5) * 1000:.1f} ms, "
-          f"p99 {percentile(max_latencies, 0.99) * 1000:.1f} ms "
-          "submit->callback at that load)")
-    print(f"at half load ({rate:.0f}/s, open loop, {len(half)} cycles): submit->callback "
-          f"p50 {percentile(half, 0.5) * 1000:.1f} ms, p99 {percentile(half, 0.99) * 1000:.1f} ms, "
-          f"mean {statistics.mean(half) * 1000:.1f} ms; lost: {len(lms.sent)}")
-    print("server counters: " + ", ".join(f"{k}={v:.0f}" for k, v in sorted(counts.items())))
+    graders = [asyncio.create_task(classic_grader(base, stop, tally, args.poll_interval))
+               for _ in range(args.graders)]
+    sessions = [aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) for _ in range(args.lms_clients)]
+    try:
+        for session in sessions:
+            await login(session, base, "lms", "lms-password")
+        # One closed loop; the measured window starts after a warm-up (connections, caches) and both
+        # counter snapshots are taken under load, so PostgreSQL's per-backend statistics flushes (at
+        # most every second) lag alike at both ends.
+        warm_up = min(3.0, args.seconds)
+        load = asyncio.create_task(closed_loop(sessions, base, lms, warm_up + args.seconds + 0.5))
+        await asyncio.sleep(warm_up)
+        tally.latencies.clear()
+        commits0, statements0 = await db_counters(cluster_url, database)
+        cpu0, received0, started = meter.snapshot(), tally.received, time.perf_counter()
+        await asyncio.sleep(args.seconds)
+        cpu1, received1, elapsed = meter.snapshot(), tally.received, time.perf_counter() - started
+        commits1, statements1 = await db_counters(cluster_url, database)
+        full = list(tally.latencies)
+        await load
+        cycles = max(1, received1 - received0)
+        throughput = cycles / elapsed
+        await asyncio.sleep(0.5)
+        tally.latencies.clear()
+        rate = max(1.0, throughput / 2)
+        await open_loop(sessions[0], base, lms, rate, args.seconds)
+        deadline = time.perf_counter() + 15
+        while tally.sent and time.perf_counter() < deadline:  # noqa: ASYNC110 - polling a plain dict
+            await asyncio.sleep(0.05)
+        half = list(tally.latencies)
+    finally:
+        stop.set()
+        await asyncio.gather(*graders, return_exceptions=True)
+        for session in sessions:
+            await session.close()
+        await runner.cleanup()
+    return Result(
+        label=label, throughput=throughput, p50=percentile(full, 0.5), p99=percentile(full, 0.99),
+        half_rate=rate, half_p50=percentile(half, 0.5), half_p99=percentile(half, 0.99),
+        lost=len(tally.sent), duplicate_handouts=sum(n - 1 for n in tally.handed_out.values() if n > 1),
+        duplicate_callbacks=tally.duplicate_callbacks,
+        cpu_server=(cpu1.server - cpu0.server) / cycles, cpu_postgres=(cpu1.postgres - cpu0.postgres) / cycles,
+        cpu_generator=(cpu1.generator - cpu0.generator) / cycles,
+        statements=(statements1 - statements0) / cycles, commits=(commits1 - commits0) / cycles,
+    )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--graders", type=int, default=16)
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--outstanding", type=int, default=64, help="max submissions in flight (closed loop)")
-    parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--workers", type=int, default=1, help="server processes sharing the port")
-    parser.add_argument("--bulk", type=int, default=1, help="graders pull/put up to N per call (extension)")
-    args = parser.parse_args()
+# ----------------------------------------------------------------------------- one configuration
+def start_servers(count: int, env: dict[str, str], source: Path) -> list[subprocess.Popen[bytes]]:
+    # BENCH_SERVER_PREFIX="-m cProfile -o /tmp/server.prof" profiles the server process.
+    prefix = os.environ.get("BENCH_SERVER_PREFIX", "").split()
+    return [subprocess.Popen([sys.executable, *prefix, "-m", "xqueue_server"], env=env, cwd=source)
+            for _ in range(count)]
 
+
+def wait_ready(base: str) -> None:
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"{base}/readyz", timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("server did not become ready")
+
+
+def run_config(args: argparse.Namespace, durability: str, servers: int) -> Result:
     data_dir = tempfile.mkdtemp(prefix="xqueue-bench-pg-")
-    pg = LocalPostgres(data_dir).start()
-    servers: list[subprocess.Popen[bytes]] = []
+    pg = LocalPostgres(data_dir, durable=durability == "durable",
+                       options=("shared_preload_libraries=pg_stat_statements",)).start()
+    processes: list[subprocess.Popen[bytes]] = []
     try:
         database_url = create_database(pg.url)
+        database = database_url.rsplit("/", 1)[1]
+
+        async def prepare() -> None:
+            conn = await asyncpg.connect(pg.url)
+            try:
+                await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            finally:
+                await conn.close()
+
+        asyncio.run(prepare())
         port = free_port()
         users = Path(data_dir) / "users.yaml"
         users.write_text("lms: lms-password\ngrader: grader-password\n")
         env = {**os.environ, "XQUEUE_DATABASE_URL": database_url, "XQUEUE_PORT": str(port),
                "XQUEUE_QUEUES": QUEUE, "XQUEUE_USERS_FILE": str(users), "XQUEUE_LOG_LEVEL": "WARNING",
-               "XQUEUE_STORAGE_DIR": str(Path(data_dir) / "files")}
-        for _ in range(args.workers):
-            # BENCH_SERVER_PREFIX="-m cProfile -o /tmp/server.prof" profiles the server process.
-            prefix = os.environ.get("BENCH_SERVER_PREFIX", "").split()
-            servers.append(subprocess.Popen([sys.executable, *prefix, "-m", "xqueue_server"], env=env, cwd=REPO))
+               "XQUEUE_STORAGE_DIR": str(Path(data_dir) / "files"), "PYTHONPATH": str(args.server_src)}
+        processes = start_servers(servers, env, args.server_src)
         base = f"http://127.0.0.1:{port}"
-        import urllib.request
-
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"{base}/readyz", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_ready(base)
+        time.sleep(1.0)  # every process up (readyz answered by one of them)
+        postmaster = int((Path(data_dir) / "pgdata" / "postmaster.pid").read_text().split()[0])
+        meter = CpuMeter([p.pid for p in processes], postmaster)
+        label = f"{durability}, {servers} server process{'es' if servers > 1 else ''}"
         import uvloop  # the load generator must not be the bottleneck
 
-        uvloop.run(run(args, base))
+        return uvloop.run(measure(args, base, pg.url, database, meter, label))
     finally:
-        for server in servers:
-            server.send_signal(signal.SIGTERM)
-        for server in servers:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
             try:
-                server.wait(timeout=15)
+                process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                server.kill()
+                process.kill()
         pg.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def report(result: Result) -> None:
+    print(f"[{result.label}]")
+    print(f"  max throughput: {result.throughput:.0f} full cycles/s "
+          f"(submit->callback p50 {result.p50 * 1000:.1f} ms, p99 {result.p99 * 1000:.1f} ms)")
+    print(f"  at half load ({result.half_rate:.0f}/s, open loop): p50 {result.half_p50 * 1000:.1f} ms, "
+          f"p99 {result.half_p99 * 1000:.1f} ms")
+    total = result.cpu_server + result.cpu_postgres + result.cpu_generator
+    print(f"  CPU per cycle: server {result.cpu_server * 1000:.2f} ms, PostgreSQL {result.cpu_postgres * 1000:.2f} ms, "
+          f"load generator {result.cpu_generator * 1000:.2f} ms, all {total * 1000:.2f} ms")
+    print(f"  per cycle: {result.statements:.1f} statements (= round trips), {result.commits:.1f} commits")
+    print(f"  lost: {result.lost}, duplicate hand-outs: {result.duplicate_handouts}, "
+          f"duplicate callbacks: {result.duplicate_callbacks} (at-least-once allows these)")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lms-clients", type=int, default=16, help="LMS clients, each waits for its grade")
+    parser.add_argument("--graders", type=int, default=4, help="classic single-pull graders")
+    parser.add_argument("--poll-interval", type=float, default=0.05, help="grader sleep after an empty pull")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
+    parser.add_argument("--servers", default="1,2", help="server process counts to run, e.g. 1,2")
+    parser.add_argument("--durability", default="durable,fast",
+                        help="PostgreSQL modes to run: durable (its defaults), fast (fsync etc. off)")
+    parser.add_argument("--server-src", type=Path, default=REPO, help="source tree the server runs from")
+    parser.add_argument("--repeat", type=int, default=1, help="run the whole matrix this many times")
+    args = parser.parse_args()
+    modes = [m.strip() for m in args.durability.split(",") if m.strip()]
+    if not set(modes) <= {"durable", "fast"}:
+        parser.error("--durability takes durable and/or fast")
+    counts = [int(n) for n in args.servers.split(",")]
+    print(f"machine: {os.cpu_count()} cores; LMS clients: {args.lms_clients}; classic graders: {args.graders}; "
+          f"{args.seconds:g} s per phase; server from {args.server_src}")
+    for _ in range(args.repeat):
+        for mode in modes:
+            for count in counts:
+                report(run_config(args, mode, count))
 
 
 if __name__ == "__main__":

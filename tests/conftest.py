@@ -25,7 +25,7 @@ from xqueue_server.testing import FakeLMS, ServerThread, create_database
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[LocalPostgres]:
     data_dir = tempfile.mkdtemp(prefix="xqueue-test-pg-")
-    pg = LocalPostgres(data_dir)
+    pg = LocalPostgres(data_dir, durable=False)  # tests trade crash safety for speed, explicitly
     pg.start()
     try:
         yield pg

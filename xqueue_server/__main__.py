@@ -36,12 +36,13 @@ def database_for(settings: Settings):  # type: ignore[no-untyped-def]
     state = Path(settings.local_state_dir)
     port_file = state / "postgres.port"
     port = int(port_file.read_text()) if port_file.exists() else None
-    pg = LocalPostgres(state / "postgres", port=port)
+    pg = LocalPostgres(state / "postgres", port=port, durable=settings.local_durability == "durable")
     pg.start()
     state.mkdir(parents=True, exist_ok=True)
     port_file.write_text(str(pg.port))
     (state / "database_url").write_text(pg.url)
-    log.info("started local PostgreSQL", extra={"fields": {"data_dir": str(pg.data_dir), "port": pg.port}})
+    log.info("started local PostgreSQL", extra={"fields": {"data_dir": str(pg.data_dir), "port": pg.port,
+                                                           "durability": settings.local_durability}})
     try:
         yield load_settings(database_url=pg.url, **_overrides_from(settings))
     finally:

@@ -30,6 +30,9 @@ class Settings:
     port: int = 18040
     public_url: str | None = None  # base URL graders use for file downloads; default: the request's origin
     local_state_dir: str = ".local"  # throwaway database and local files for the embedded default
+    # The embedded PostgreSQL (no database_url): "durable" keeps PostgreSQL's crash safety; "fast" turns off
+    # fsync, synchronous_commit and full_page_writes (tests, demos): a machine crash can lose acknowledged work.
+    local_durability: str = "durable"
     db_pool_min: int = 2
     db_pool_max: int = 20
 
@@ -179,6 +182,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError("XQUEUE_CALLBACK_PER_HOST_CONCURRENCY must be at least 1")
     if settings.callback_connect_timeout_seconds <= 0:
         raise ConfigError("XQUEUE_CALLBACK_CONNECT_TIMEOUT_SECONDS must be positive")
+    if settings.local_durability not in ("durable", "fast"):
+        raise ConfigError("XQUEUE_LOCAL_DURABILITY must be 'durable' or 'fast'")
     if settings.log_format not in ("json", "text"):
         raise ConfigError("XQUEUE_LOG_FORMAT must be 'json' or 'text'")
     try:

@@ -217,13 +217,13 @@ def run_demo(once: bool, port: int) -> int:
     settings = load_settings()
     state = Path(settings.local_state_dir).absolute()
     state.mkdir(parents=True, exist_ok=True)
-    pg = LocalPostgres(state / "postgres")
+    pg = LocalPostgres(state / "postgres", durable=settings.local_durability == "durable")
     pg.start()
     server: ServerThread | None = None
     lms: FakeLMS | None = None
     grader: subprocess.Popen[bytes] | None = None
     try:
-        print(f"PostgreSQL (throwaway) ........ {pg.url}  (data in {pg.data_dir})")
+        print(f"PostgreSQL (throwaway) ........ {pg.url}  (data in {pg.data_dir}, {settings.local_durability})")
         server = ServerThread.start(pg.url, queues=(QUEUE,), port=port, storage_dir=str(state / "files"))
         print(f"XQueue server ................. {server.url}   queue: {QUEUE}")
         print(f"  accounts: {server.lms.username}/{server.lms.password} (LMS), "

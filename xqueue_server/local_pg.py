@@ -2,6 +2,11 @@
 
 Listens on a Unix socket in its own folder and on 127.0.0.1 at a free port; trust authentication
 because nothing but this machine's loopback can reach it.
+
+Durable by default: PostgreSQL's own settings (fsync, synchronous_commit, full_page_writes on), so a
+grade the server acknowledged survives a power cut. ``durable=False`` (XQUEUE_LOCAL_DURABILITY=fast)
+turns all three off for tests and demos: faster, but a crash of the machine can lose acknowledged
+submissions and grades, and can corrupt the cluster.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -40,12 +46,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+FAST_OPTIONS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
+
+
+def server_options(port: int, socket_dir: Path, *, durable: bool, extra: Sequence[str] = ()) -> list[str]:
+    """The ``-c`` settings of the cluster. Durable mode keeps PostgreSQL's defaults for everything
+    that decides what survives a crash; fast mode trades that for fewer disk flushes."""
+    options = ["listen_addresses=127.0.0.1", f"port={port}", f"unix_socket_directories={socket_dir}",
+               "max_connections=200", "shared_buffers=128MB"]
+    if not durable:
+        options += FAST_OPTIONS
+    return [*options, *extra]
+
+
 class LocalPostgres:
     """One PostgreSQL cluster in ``data_dir``; reused when it already exists there."""
 
-    def __init__(self, data_dir: str | Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: str | Path, port: int | None = None, *, durable: bool = True,
+                 options: Sequence[str] = ()) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.port = port or free_port()
+        self.durable = durable
+        self.options = tuple(options)  # extra "name=value" server settings (the benchmark loads pg_stat_statements)
         self.bin = find_pg_bin()
         self._started_here = False
 
@@ -77,11 +99,8 @@ class LocalPostgres:
         if (pgdata / "postmaster.pid").exists():
             self._run("pg_ctl", "-D", str(pgdata), "stop", "-m", "immediate", "-w", "-t", "10")
             (pgdata / "postmaster.pid").unlink(missing_ok=True)
-        options = (
-            f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.data_dir} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
-            "-c shared_buffers=128MB"
-        )
+        options = " ".join(f"-c {option}" for option in server_options(
+            self.port, self.data_dir, durable=self.durable, extra=self.options))
         result = self._run("pg_ctl", "-D", str(pgdata), "-o", options, "-l", str(self.data_dir / "postgres.log"),
                            "-w", "-t", "60", "start")
         if result.returncode != 0:
