@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the project needs, only when they are missing:
 # PostgreSQL server binaries (initdb/pg_ctl, used by the local run and the test fixtures),
-# git (the grader fetches course repositories) and libseccomp2 (the sandbox's network filter).
+# git (the grader fetches course repositories), libseccomp2 (the sandbox's network filter) and
+# mariadb-server (the upstream-import tests run a throwaway MariaDB, like upstream XQueue's database).
 #
 # As root, also what builds container images without Docker (buildah, mmdebstrap: scripts/build-images.sh)
 # and runs the real test node (containerd, runc, containernetworking-plugins, iptables, conntrack, and
@@ -19,6 +20,8 @@ command -v initdb >/dev/null 2>&1 && pg_found=1
 [[ $pg_found == 1 ]] || need+=(postgresql)
 command -v git >/dev/null 2>&1 || need+=(git)
 ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || need+=(libseccomp2)
+# MariaDB server: the upstream-import tests start one with upstream XQueue's schema (tests/importing).
+PATH="$PATH:/usr/sbin:/sbin" command -v mariadbd >/dev/null 2>&1 || need+=(mariadb-server)
 
 if [[ $(id -u) == 0 && "${XQ_NODE_DEPS:-1}" != 0 && "$(uname -s)" == Linux ]]; then
   # package:file-it-provides (PATH is searched for bare names)

@@ -11,18 +11,23 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 import secrets
 
 import asyncpg
 
+from . import passwords, upstream_writer
 from .db import Account, Database
 from .metrics import Metrics
+from .outage import DatabaseUnavailable
 from .ratelimit import LoginLimits, throttled_message, wait_seconds
 
 # scrypt cost: ~16 MiB and some tens of ms per hash, the usual interactive-login setting.
 SCRYPT_N = 2**14
 SCRYPT_R = 8
 SCRYPT_P = 1
+
+log = logging.getLogger("xqueue.auth")
 
 
 def hash_password(password: str, *, n: int = SCRYPT_N) -> str:
@@ -32,6 +37,8 @@ def hash_password(password: str, *, n: int = SCRYPT_N) -> str:
 
 
 def verify_password(password: str, encoded: str) -> bool:
+    if passwords.is_django_hash(encoded):  # imported from upstream XQueue; replaced at first login
+        return passwords.verify_django_password(password, encoded)
     try:
         scheme, n, r, p, salt_b64, digest_b64 = encoded.split("$")
         if scheme != "scrypt":
@@ -161,10 +168,26 @@ class Authenticator:
         if self._verified.get(key) != encoded:
             if not await asyncio.to_thread(verify_password, password, encoded):
                 return None
+            if active and passwords.is_django_hash(encoded):
+                encoded = await self._rehash(account, encoded, password)
             if len(self._verified) > 10_000:  # bound memory under a flood of distinct credentials
                 self._verified.clear()
             self._verified[key] = encoded
         return account if active else None
+
+    async def _rehash(self, account: Account, django_hash: str, password: str) -> str:
+        """Store our hash in place of an imported Django one (its password just matched); the hash
+        the account now has. A failure only postpones this to the next login."""
+        ours = await asyncio.to_thread(hash_password, password)
+        try:
+            replaced = await upstream_writer.rehash_password(self.db, account.id, django_hash, ours)
+        except (DatabaseUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("could not replace an imported password hash; trying again at the next login",
+                        extra={"fields": {"account": account.username, "error": type(exc).__name__}})
+            return django_hash
+        if replaced:
+            log.info("imported password hash replaced by ours", extra={"fields": {"account": account.username}})
+        return ours if replaced else django_hash
 
     async def basic(self, username: str, password: str, address: str = "") -> Account | None:
         return await self.check_password(username, password, address, method="basic")

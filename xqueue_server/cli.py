@@ -11,6 +11,7 @@ import asyncio
 import getpass
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -207,6 +208,31 @@ async def cmd_redeliver(db: Database, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_import_xqueue(db: Database, args: argparse.Namespace) -> int:
+    # Imported here: the upstream drivers matter to this command only.
+    from . import upstream_import, upstream_source, upstream_writer
+
+    url = args.source or os.environ.get("XQUEUE_UPSTREAM_DATABASE_URL", "")
+    if not url:
+        print("give the upstream database URL (or set XQUEUE_UPSTREAM_DATABASE_URL)", file=sys.stderr)
+        return 2
+    try:
+        data = await upstream_source.read_upstream(url)
+    except upstream_source.SourceError as exc:
+        print(f"import-xqueue: {exc}", file=sys.stderr)
+        return 1
+    extra = [q for value in args.queue for q in split_queues(value) or ()]
+    plan = upstream_import.plan_import(data, await upstream_writer.existing(db, data), extra,
+                                       admins=not args.no_admins)
+    if not args.dry_run:
+        await upstream_writer.apply(db, plan)
+    if args.json:
+        print(json.dumps(upstream_import.report_json(plan, dry_run=args.dry_run), indent=2))
+    else:
+        print(upstream_import.render_report(plan, dry_run=args.dry_run))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xqueue-admin", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -257,6 +283,17 @@ def build_parser() -> argparse.ArgumentParser:
     redeliver = add("redeliver", cmd_redeliver, "put dead-lettered callbacks back in the outbox")
     redeliver.add_argument("ids", nargs="*", type=int)
     redeliver.add_argument("--all", action="store_true")
+    upstream = add("import-xqueue", cmd_import_xqueue,
+                   "import accounts (with their passwords), queues and unfinished submissions from an upstream "
+                   "XQueue database; safe to repeat")
+    upstream.add_argument("source", nargs="?", help="mysql://user:pass@host/db (also ?unix_socket=PATH), "
+                          "postgresql://..., sqlite:////absolute/path; default: $XQUEUE_UPSTREAM_DATABASE_URL")
+    upstream.add_argument("--dry-run", action="store_true", help="print what would be imported; write nothing")
+    upstream.add_argument("--queue", action="append", default=[], metavar="NAMES",
+                          help="also create these queues (comma-separated; upstream's XQUEUES setting)")
+    upstream.add_argument("--no-admins", action="store_true",
+                          help="do not make upstream superusers admins here")
+    upstream.add_argument("--json", action="store_true", help="the report as JSON")
     return parser
 
 

@@ -1,0 +1,68 @@
+"""Writing an import plan (``upstream_import.py``) into our database, in one transaction.
+
+``existing`` reads what is already here (for the plan and for dry runs: read-only); ``apply`` writes
+the plan. Every insert checks again that its row is not there yet, so two imports running at the same
+time or an import racing the LMS still import each thing once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .db import SQL_DIR, Database, load_queries
+from .upstream_import import Existing, ImportPlan, UpstreamData
+
+QUERIES = load_queries((SQL_DIR / "upstream_import.sql").read_text())
+
+
+@dataclass(frozen=True)
+class Applied:
+    accounts: int
+    queues: int
+    submissions: int
+    callbacks: int
+
+
+async def existing(db: Database, data: UpstreamData) -> Existing:
+    usernames = [u.username for u in data.users]
+    headers = list({s.xqueue_header for s in data.submissions})
+    urls = list({s.lms_callback_url for s in data.submissions})
+    pool = db.pool
+    return Existing(
+        usernames=frozenset(r[0] for r in await pool.fetch(QUERIES["import_existing_usernames"], usernames)),
+        queues=frozenset(r[0] for r in await pool.fetch(QUERIES["import_existing_queues"])),
+        submissions=frozenset((r[0], r[1]) for r in await pool.fetch(QUERIES["import_existing_submissions"],
+                                                                     headers)),
+        pending_callbacks=frozenset((r[0], r[1]) for r in await pool.fetch(QUERIES["import_pending_callbacks"],
+                                                                          urls)),
+    )
+
+
+async def apply(db: Database, plan: ImportPlan) -> Applied:
+    accounts = queues = submissions = callbacks = 0
+    async with db.transaction() as tx:
+        conn = tx.pool
+        for account in plan.accounts:
+            if await conn.fetchval(QUERIES["import_account"], account.username, account.password_hash,
+                                   account.is_admin, account.is_active) is not None:
+                accounts += 1
+        for name in plan.queues:
+            if await conn.fetchval(QUERIES["import_queue"], name) is not None:
+                queues += 1
+        for sub in plan.submissions:  # in upstream's arrival order: our ids are the queue order
+            row = await conn.fetchrow(
+                QUERIES["import_submission"], sub.queue_name, sub.requester_id, sub.lms_callback_url,
+                sub.xqueue_header, sub.xqueue_body, sub.arrival_time, sub.state, sub.grader_reply, sub.return_time,
+            )
+            if row["id"] is not None:
+                submissions += 1
+                callbacks += row["callbacks"]
+        await conn.fetchval(QUERIES["import_notify_queues"], sorted({s.queue_name for s in plan.submissions}))
+        if callbacks:
+            await conn.fetchval(QUERIES["import_notify_callbacks"])
+    return Applied(accounts, queues, submissions, callbacks)
+
+
+async def rehash_password(db: Database, account_id: int, verified_hash: str, new_hash: str) -> bool:
+    """Replace an imported Django hash by ours after a successful login (see ``auth.Authenticator``)."""
+    return await db.pool.fetchval(QUERIES["rehash_password"], account_id, verified_hash, new_hash) is not None
