@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "grader_image"))
 
 from xqueue_grader.engine import GradingEngine  # noqa: E402
+from xqueue_grader.jobs import ScriptJob  # noqa: E402
 from xqueue_grader.sandbox import Limits, SandboxPool, SandboxSettings  # noqa: E402
 
 EXAMPLES = str(REPO / "examples" / "course")
@@ -66,7 +67,7 @@ async def overhead(scratch: str | None) -> dict[str, Any]:
     pool = SandboxPool(SandboxSettings(scratch_root=scratch, hidden_paths=[EXAMPLES], sandbox_uid=SANDBOX_UID))
     features = await pool.start()
     limits = Limits()
-    job = {"mode": "script", "code": "pass"}
+    job = ScriptJob(code="pass")
     try:
         for _ in range(WARMUP):
             await pool.run(job, limits)

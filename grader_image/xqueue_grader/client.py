@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from xqueue_grader.protocol import ProtocolError, parse_reply
+from xqueue_grader.protocol import ProtocolError, parse_server_reply
 
 log = logging.getLogger("xqueue_grader.client")
 
@@ -123,7 +123,7 @@ class XQueueClient:
         ok = False
         if status == 200:
             try:
-                ok = parse_reply(text).ok
+                ok = parse_server_reply(text).ok
             except ProtocolError:
                 ok = False
         if not ok:
@@ -167,7 +167,7 @@ class XQueueClient:
             elapsed = time.monotonic() - started
             if status == 200:
                 try:
-                    reply = parse_reply(text)
+                    reply = parse_server_reply(text)
                 except ProtocolError as exc:
                     return Outcome(False, str(exc), "protocol", elapsed)
                 return Outcome(reply.ok, reply.content, "ok" if reply.ok else "rejected", elapsed)

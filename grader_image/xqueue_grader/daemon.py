@@ -35,6 +35,7 @@ from xqueue_grader.handlers import Handler, HandlerContext, build_handlers
 from xqueue_grader.logs import RateLimitedLoopErrors
 from xqueue_grader.metrics import Metrics
 from xqueue_grader.protocol import ProtocolError, is_empty_queue, parse_submission, put_result_form
+from xqueue_grader.results import Outcome
 from xqueue_grader.sandbox import SandboxPool, SandboxSettings, prctl, procstate, report
 
 log = logging.getLogger("xqueue_grader.daemon")
@@ -43,15 +44,6 @@ log = logging.getLogger("xqueue_grader.daemon")
 FAST_EMPTY_STRIKES = 3
 LONG_POLL_REPROBE_SECONDS = 300.0
 MAX_ERROR_BACKOFF = 30.0
-
-
-def outcome_of(reply: dict[str, Any]) -> str:
-    """Metrics label for a reply (pure)."""
-    if reply.get("correct"):
-        return "correct"
-    if 'class="result-errors"' in str(reply.get("msg", "")):
-        return "error"
-    return "incorrect"
 
 
 def next_poll_delay(current: float, minimum: float, maximum: float) -> float:
@@ -327,27 +319,26 @@ class GraderDaemon:
             try:
                 submission = parse_submission(content)
             except ProtocolError as exc:
-                self.metrics.submissions.labels("unreadable").inc()
+                self.metrics.submissions.labels(Outcome.UNREADABLE).inc()
                 log.error("unreadable submission; cannot reply without its header",
                           extra={"fields": {"reason": str(exc)}})
                 return
             for handler in self.handlers:
                 try:
-                    reply = await handler(submission)
+                    graded = await handler(submission)
                 except Exception:
-                    self.metrics.submissions.labels("handler_error").inc()
+                    self.metrics.submissions.labels(Outcome.HANDLER_ERROR).inc()
                     log.exception("handler failed; no reply (the server will re-offer the submission)",
                                   extra={"fields": {"submission_id": submission.submission_id}})
                     continue
-                if not reply:
+                if graded is None:
                     continue
-                outcome = outcome_of(reply)
-                self.metrics.submissions.labels(outcome).inc()
-                delivered = await self._put(submission.header, reply)
+                self.metrics.submissions.labels(graded.outcome).inc()
+                delivered = await self._put(submission.header, graded.reply)
                 self.graded += 1
                 log.info("graded", extra={"fields": {
-                    "submission_id": submission.submission_id, "outcome": outcome,
-                    "score": reply.get("score"), "delivered": delivered,
+                    "submission_id": submission.submission_id, "outcome": graded.outcome,
+                    "score": graded.reply.get("score"), "delivered": delivered,
                     "seconds": round(time.monotonic() - started, 3),
                 }})
         finally:

@@ -12,13 +12,14 @@ xqueue-watcher).  A course can plug in its own handler instead, configured like 
   same sandbox the gradelib engine uses.
 
 A truthy return value is the reply (``{"correct", "score", "msg"}``) put back to XQueue; ``None``
-means "no reply" (the server re-offers the submission after its lease).
+means "no reply" (the server re-offers the submission after its lease).  The daemon calls every
+handler through the one ``Handler`` shape, which answers a ``Graded`` (reply and outcome): the
+engine knows its outcome, a custom handler's is read back from its reply.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import importlib
 import inspect
 import logging
@@ -29,12 +30,14 @@ from typing import Any
 
 from xqueue_grader.config import GraderConfig, HandlerSpec
 from xqueue_grader.engine import GradingEngine
+from xqueue_grader.jobs import ScriptJob
 from xqueue_grader.protocol import Submission
+from xqueue_grader.results import Graded, outcome_of
 from xqueue_grader.sandbox import Limits, RunResult, SandboxPool
 
 log = logging.getLogger("xqueue_grader.handlers")
 
-Handler = Callable[[Submission], Awaitable[dict[str, Any] | None]]
+Handler = Callable[[Submission], Awaitable[Graded | None]]
 
 # Handler names from existing xqueue-watcher configurations that mean "the gradelib pipeline".
 GRADELIB_ALIASES = frozenset({
@@ -62,14 +65,7 @@ class HandlerContext:
         ``RunResult.stdout``/``stderr`` hold the capped output, ``exit_code`` the status,
         ``kill_reason`` the limit that stopped it (wall, cpu, memory, output, disk, ...).
         """
-        job = {
-            "mode": "script",
-            "code": code,
-            "files": {name: base64.b64encode(data).decode("ascii") for name, data in (files or {}).items()},
-        }
-        for name in job["files"]:
-            if "/" in name or name in ("", ".", ".."):
-                raise ValueError(f"file name {name!r} must be a plain name")
+        job = ScriptJob(code=code, files=dict(files or {}))  # JobError (a ValueError) for bad names
         return await self.pool.run(job, limits or self.limits)
 
 
@@ -103,15 +99,22 @@ def _is_async(obj: Any) -> bool:
     return not inspect.isroutine(obj) and inspect.iscoroutinefunction(type(obj).__call__)
 
 
+def _graded(reply: Any) -> Graded | None:
+    """A custom handler's return value: falsy means no reply."""
+    if not reply:
+        return None
+    return Graded(reply, outcome_of(reply))
+
+
 def wrap(obj: Any, context: HandlerContext) -> Handler:
     if _is_async(obj):
-        async def native(submission: Submission) -> dict[str, Any] | None:
-            return await obj(submission, context)
+        async def native(submission: Submission) -> Graded | None:
+            return _graded(await obj(submission, context))
 
         return native
 
-    async def legacy(submission: Submission) -> dict[str, Any] | None:
-        return await asyncio.to_thread(obj, dict(submission.content))
+    async def legacy(submission: Submission) -> Graded | None:
+        return _graded(await asyncio.to_thread(obj, dict(submission.content)))
 
     return legacy
 
@@ -119,16 +122,17 @@ def wrap(obj: Any, context: HandlerContext) -> Handler:
 def build_handlers(specs: tuple[HandlerSpec, ...], engine: GradingEngine, context: HandlerContext) -> list[Handler]:
     """The handler chain; the gradelib engine alone when nothing is configured."""
     if not specs:
-        return [engine]
+        return [engine.grade_submission]
     handlers: list[Handler] = []
     for spec in specs:
         if spec.path in GRADELIB_ALIASES:
             root = spec.kwargs.get("grader_root")
             if root and root != engine.grader_root:
                 handlers.append(GradingEngine(engine.pool, str(root), engine.limits,
-                                              engine.submission_size_limit // 1024, engine.metrics))
+                                              engine.submission_size_limit // 1024,
+                                              engine.metrics).grade_submission)
             else:
-                handlers.append(engine)
+                handlers.append(engine.grade_submission)
             continue
         obj = import_object(spec.path, context.grader_root)
         if inspect.isclass(obj) or spec.kwargs:

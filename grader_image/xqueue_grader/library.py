@@ -14,8 +14,9 @@ Python path or in the grader root).  Plain xqueue-watcher handlers (``handler(co
 work too; see ``xqueue_grader.handlers``.
 """
 
+from xqueue_grader.course import flag, parse_grader_payload
 from xqueue_grader.handlers import HandlerContext
-from xqueue_grader.protocol import Body, Submission, flag, parse_body, parse_grader_payload
+from xqueue_grader.protocol import Body, Submission, parse_body
 from xqueue_grader.results import GradeResult, error_result, make_reply, render_results
 from xqueue_grader.sandbox import Limits, RunResult
 

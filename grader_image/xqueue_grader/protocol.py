@@ -1,5 +1,7 @@
 """The classic XQueue protocol as a grader sees it: pure parsing, no I/O.
 
+Course content (``grader_payload``, grader paths) is ``course.py``'s business.
+
 Reply envelope: ``{"return_code": 0|1, "content": ...}`` (0 = success), or the legacy
 ``{"success": bool, ...}`` whose content is the whole object.  A pulled submission's content is a
 JSON *string* holding ``xqueue_header`` (itself a JSON string echoed back untouched on
@@ -9,7 +11,6 @@ put_result), ``xqueue_body`` (the LMS body, a JSON string) and ``xqueue_files``.
 from __future__ import annotations
 
 import json
-import posixpath
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,9 @@ class ProtocolError(ValueError):
 
 
 @dataclass(frozen=True)
-class Reply:
+class ServerReply:
+    """A reply from the XQueue server: the envelope decoded, ``content`` as the server sent it."""
+
     ok: bool
     content: Any
 
@@ -56,8 +59,9 @@ class Body:
 _EMPTY_QUEUE = re.compile(r"^Queue '.*' is empty$", re.DOTALL)
 
 
-def parse_reply(text: str) -> Reply:
-    """Decode a 200 reply; raises ProtocolError with the watcher's messages."""
+def parse_server_reply(text: str) -> ServerReply:
+    """Decode the server's 200 reply to one of our requests; raises ProtocolError with the
+    watcher's messages.  (The server side parses the opposite direction: a grader's put_result.)"""
     try:
         data = json.loads(text)
     except ValueError:
@@ -65,11 +69,11 @@ def parse_reply(text: str) -> Reply:
     if not isinstance(data, dict):
         raise ProtocolError("Cannot find a valid success or return code.")
     if "return_code" in data:
-        return Reply(ok=data["return_code"] == 0, content=data.get("content"))
+        return ServerReply(ok=data["return_code"] == 0, content=data.get("content"))
     if "success" in data:
         if not isinstance(data["success"], bool):
             raise ProtocolError("Invalid return code.")
-        return Reply(ok=data["success"], content=data)
+        return ServerReply(ok=data["success"], content=data)
     raise ProtocolError("Cannot find a valid success or return code.")
 
 
@@ -102,18 +106,6 @@ def parse_submission(content: Any) -> Submission:
     return Submission(header=header, body=body, files=files, content=data)
 
 
-def submission_batch(content: Any) -> list[Any]:
-    """Bulk-pull content is a JSON list of single-pull contents."""
-    if isinstance(content, str):
-        try:
-            content = json.loads(content)
-        except ValueError:
-            raise ProtocolError("batch content is not JSON") from None
-    if not isinstance(content, list):
-        raise ProtocolError("batch content is not a list")
-    return content
-
-
 def parse_body(body: str) -> Body:
     """The LMS body: ``grader_payload`` (raw text), ``student_info``, ``student_response``."""
     try:
@@ -132,65 +124,6 @@ def parse_body(body: str) -> Body:
         else:
             raise ProtocolError("xqueue_body has no grader_payload")
     return Body(student_response=response, grader_payload=payload, student_info=data.get("student_info"))
-
-
-def parse_grader_payload(payload: str) -> dict[str, Any]:
-    """``grader_payload`` is JSON text written by the course author (often with whitespace)."""
-    try:
-        config = json.loads(payload)
-    except ValueError:
-        raise ProtocolError("grader_payload is not JSON") from None
-    if not isinstance(config, dict):
-        raise ProtocolError("grader_payload is not a JSON object")
-    return config
-
-
-def flag(config: dict[str, Any], name: str) -> bool:
-    """Payload flags arrive as booleans or strings ("true") depending on how XML was written."""
-    value = config.get(name, False)
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
-def check_grader_path(relative: Any) -> str:
-    """Lexical check of the payload's ``grader`` path; returns it normalised.
-
-    Rejects absolute paths, ``..`` anywhere, NUL bytes and empty names.  The caller must also
-    check the resolved (symlink-free) path stays inside the grader root.
-    """
-    if not isinstance(relative, str) or not relative.strip():
-        raise ProtocolError("grader_payload has no 'grader' path")
-    if "\x00" in relative or "\\" in relative:
-        raise ProtocolError("grader path contains forbidden characters")
-    if relative.startswith("/"):
-        raise ProtocolError("grader path must be relative to the grader root")
-    parts = relative.split("/")
-    if any(part == ".." for part in parts):
-        raise ProtocolError("grader path must not contain '..'")
-    normalised = posixpath.normpath(relative)
-    if normalised in (".", "") or normalised.startswith("../"):
-        raise ProtocolError("grader path must name a file below the grader root")
-    if not normalised.endswith(".py"):
-        raise ProtocolError("grader path must name a .py file")
-    return normalised
-
-
-def is_inside(path: str, root: str) -> bool:
-    """Both paths already resolved (realpath); True when ``path`` is ``root`` or below it."""
-    root = root.rstrip("/") or "/"
-    return path == root or path.startswith(root + "/")
-
-
-def module_name_for(grader_path: str) -> str:
-    """A Python identifier for the grader module (the file's stem, sanitised)."""
-    stem = posixpath.splitext(posixpath.basename(grader_path))[0]
-    name = re.sub(r"\W", "_", stem) or "grader"
-    if name[0].isdigit():
-        name = "_" + name
-    if name == "submission":
-        name = "grader_submission"  # the student's module owns the name "submission"
-    return name
 
 
 def put_result_form(header: str, reply: dict[str, Any]) -> dict[str, str]:

@@ -10,7 +10,11 @@ from __future__ import annotations
 import html
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
+
+from xqueue_grader.jobs import TestRow, Verdict
+from xqueue_grader.sandbox.runs import KillReason
 
 Translate = Callable[[str], str]
 
@@ -40,16 +44,15 @@ PAYLOAD_PROBLEM = (
     "Please contact the course staff for assistance."
 )
 SUBMISSION_TOO_LARGE = "Your submission is too large to be graded (limit: {limit} KiB)."
-KILL_MESSAGES = {
-    "wall": "Your code took too long to run and was stopped after {wall} seconds.",
-    "cpu": "Your code used too much processor time and was stopped after {cpu} seconds of CPU time.",
-    "memory": "Your code used more memory than allowed ({memory} MiB) and was stopped.",
-    "output": "Your code printed far too much output and was stopped.",
-    "disk": "Your code wrote too much data to disk (more than {disk} KiB) and was stopped.",
-    "file_size": "Your code tried to write a file larger than allowed ({file_size} KiB) and was stopped.",
-    "results_too_large": "Your code produced too much output to be graded and was stopped.",
-    "signal": "Your code crashed (it was killed by signal {signal}).",
-    "killed": "Your code was stopped by the system (it may have used too much memory).",
+KILL_MESSAGES: dict[KillReason, str] = {
+    KillReason.WALL: "Your code took too long to run and was stopped after {wall} seconds.",
+    KillReason.CPU: "Your code used too much processor time and was stopped after {cpu} seconds of CPU time.",
+    KillReason.MEMORY: "Your code used more memory than allowed ({memory} MiB) and was stopped.",
+    KillReason.OUTPUT: "Your code printed far too much output and was stopped.",
+    KillReason.DISK: "Your code wrote too much data to disk (more than {disk} KiB) and was stopped.",
+    KillReason.FILE_SIZE: "Your code tried to write a file larger than allowed ({file_size} KiB) and was stopped.",
+    KillReason.RESULTS_TOO_LARGE: "Your code produced too much output to be graded and was stopped.",
+    KillReason.SIGNAL: "Your code crashed (it was killed by signal {signal}).",
 }
 # Hints added when the student's traceback shows that a limit was hit.
 LIMIT_HINTS = (
@@ -108,6 +111,16 @@ def identity(message: str) -> str:
     return message
 
 
+class Outcome(StrEnum):
+    """What became of a submission (the ``outcome`` label of ``xqgrader_submissions_total``)."""
+
+    CORRECT = "correct"
+    INCORRECT = "incorrect"
+    ERROR = "error"                  # graded, with an error message instead of test rows
+    HANDLER_ERROR = "handler_error"  # a handler raised: no reply
+    UNREADABLE = "unreadable"        # the pulled submission could not be parsed: no reply
+
+
 @dataclass
 class GradeResult:
     """The grade() contract: correct, score in 0..1, per-test rows and error messages."""
@@ -116,6 +129,12 @@ class GradeResult:
     score: float = 0.0
     tests: list[tuple[str, str | None, bool, str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+
+    @property
+    def outcome(self) -> Outcome:
+        if self.errors:
+            return Outcome.ERROR
+        return Outcome.CORRECT if self.correct else Outcome.INCORRECT
 
 
 def truncate(output: str) -> str:
@@ -161,6 +180,27 @@ def make_reply(result: GradeResult) -> dict[str, Any]:
     return {"correct": result.correct, "score": result.score, "msg": render_results(result)}
 
 
+@dataclass(frozen=True)
+class Graded:
+    """A handler's answer: the reply to put and what became of the submission."""
+
+    reply: dict[str, Any]
+    outcome: Outcome
+
+
+def outcome_of(reply: dict[str, Any]) -> Outcome:
+    """The outcome of a reply someone else built (a custom handler): read back from the reply.
+
+    Our own engine knows its outcome (``GradeResult.outcome``); a handler's reply only says
+    ``correct``, and an error shows as ``make_reply``'s error list in its HTML.
+    """
+    if reply.get("correct"):
+        return Outcome.CORRECT
+    if 'class="result-errors"' in str(reply.get("msg", "")):
+        return Outcome.ERROR
+    return Outcome.INCORRECT
+
+
 def error_result(*messages: str) -> GradeResult:
     return GradeResult(correct=False, score=0, errors=[m for m in messages if m])
 
@@ -183,8 +223,8 @@ def _limit_values(limits: dict[str, Any], signal: int | None = None) -> dict[str
     }
 
 
-def kill_message(reason: str | None, limits: dict[str, Any], signal: int | None, _: Translate) -> str:
-    template = KILL_MESSAGES.get(reason or "", KILL_MESSAGES["signal"])
+def kill_message(reason: KillReason | None, limits: dict[str, Any], signal: int | None, _: Translate) -> str:
+    template = KILL_MESSAGES.get(reason or KillReason.SIGNAL, KILL_MESSAGES[KillReason.SIGNAL])
     return _(template).format(**_limit_values(limits, signal))
 
 
@@ -202,47 +242,6 @@ def _fmt(value: Any) -> str:
 
 # -- the comparison, exactly as xqueue-watcher's JailedGrader decided ---------------------------
 
-def staff_run_ok(staff: dict[str, Any] | None) -> bool:
-    if not isinstance(staff, dict):
-        return False
-    try:
-        return (
-            not staff.get("exceptions")
-            and staff["grader"]["status"] == "ok"
-            and staff["submission"]["status"] == "ok"
-            and isinstance(staff.get("results"), list)
-        )
-    except (KeyError, TypeError):
-        return False
-
-
-def student_run_errors(student: dict[str, Any], _: Translate) -> tuple[bool, list[str]]:
-    """(grader ran, errors to show).  A failing student import is shown as its traceback."""
-    grader = student.get("grader")
-    submission = student.get("submission")
-    if not isinstance(grader, dict) or grader.get("status") != "ok" or not isinstance(submission, dict):
-        return False, []
-    if submission.get("status") != "ok":
-        shown = submission.get("exception") or _(ERROR_THROWN)
-        return True, [str(shown)]
-    return True, []
-
-
-def valid_rows(results: Any) -> list[tuple[str, str | None, str]] | None:
-    """Rows ``[short, long, output]`` from a run, or None when malformed (e.g. forged)."""
-    if not isinstance(results, list):
-        return None
-    rows = []
-    for row in results:
-        if not isinstance(row, list | tuple) or len(row) != 3:
-            return None
-        short, long, output = row
-        if not isinstance(short, str) or not isinstance(output, str) or not (long is None or isinstance(long, str)):
-            return None
-        rows.append((short, long, output))
-    return rows
-
-
 @dataclass
 class Pairing:
     """Expected/actual rows lined up for comparison, or the error that stops grading."""
@@ -251,8 +250,8 @@ class Pairing:
     error: str | None = None
 
 
-def pair_rows(expected: list[tuple[str, str | None, str]], actual: list[tuple[str, str | None, str]],
-              _: Translate) -> Pairing:
+def pair_rows(expected: Sequence[TestRow | tuple[str, str | None, str]],
+              actual: Sequence[TestRow | tuple[str, str | None, str]], _: Translate) -> Pairing:
     if len(expected) != len(actual):
         return Pairing(error=_(DIFFERENT_COUNTS))
     rows = []
@@ -264,11 +263,11 @@ def pair_rows(expected: list[tuple[str, str | None, str]], actual: list[tuple[st
     return Pairing(rows=rows)
 
 
-def default_verdicts(rows: list[tuple[str, str | None, str, str]]) -> list[tuple[bool, str]]:
-    return [(expected == actual, "") for _short, _long, expected, actual in rows]
+def default_verdicts(rows: list[tuple[str, str | None, str, str]]) -> list[Verdict]:
+    return [Verdict(expected == actual) for _short, _long, expected, actual in rows]
 
 
-def finalize(rows: list[tuple[str, str | None, str, str]], verdicts: list[tuple[bool, str]],
+def finalize(rows: list[tuple[str, str | None, str, str]], verdicts: Sequence[Verdict | tuple[bool, str]],
              hide_output: bool, _: Translate) -> GradeResult:
     """Score = passed/total; correct = all passed and at least one test."""
     result = GradeResult()

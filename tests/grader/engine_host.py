@@ -5,8 +5,8 @@ The abuse tests start it through ``as_user.py`` under an unprivileged uid, so th
 process), the zygote and student code share that uid as they do in a restricted pod, while the
 test process itself stays root and can look at everything from outside.
 
-Requests: ``{"id": n, "op": "grade", "course": name, "body": text}``, ``{"op": "run", "job": ...,
-"limits": ...}``, ``{"op": "info"}``, ``{"op": "self_test"}``.  Replies carry the same id.
+Requests: ``{"id": n, "op": "grade", "course": name, "body": text}``, ``{"op": "info"}``,
+``{"op": "self_test"}``.  Replies carry the same id.
 """
 
 from __future__ import annotations
@@ -38,9 +38,6 @@ class Host:
         if op == "grade":
             result = await self.engines[request["course"]].grade_body(request["body"])
             return {"result": dataclasses.asdict(result)}
-        if op == "run":
-            run = await self.pool.run(request["job"], Limits.from_dict(request.get("limits") or {}))
-            return {"result": dataclasses.asdict(run)}
         if op == "self_test":
             return {"ok": await self.pool.self_test()}
         if op == "info":

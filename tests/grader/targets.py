@@ -92,11 +92,6 @@ class LocalTarget:
     async def grade(self, course: str, grader: str, code: str) -> GradeResult:
         return await self.engines[course].grade_body(lms_body(grader, code))
 
-    async def run(self, job: dict[str, Any], limits: Limits = TEST_LIMITS) -> dict[str, Any]:
-        import dataclasses
-
-        return dataclasses.asdict(await self.pool.run(job, limits))
-
     async def self_test(self) -> bool:
         return await self.pool.self_test()
 
@@ -172,9 +167,6 @@ class RemoteTarget:
         data = (await self.call(op="grade", course=course, body=lms_body(grader, code)))["result"]
         return GradeResult(correct=data["correct"], score=data["score"],
                            tests=[tuple(row) for row in data["tests"]], errors=list(data["errors"]))
-
-    async def run(self, job: dict[str, Any], limits: Limits = TEST_LIMITS) -> dict[str, Any]:
-        return (await self.call(op="run", job=job, limits=limits.to_dict()))["result"]
 
     async def self_test(self) -> bool:
         return bool((await self.call(op="self_test"))["ok"])

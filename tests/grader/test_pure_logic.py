@@ -8,20 +8,18 @@ import pytest
 
 from xqueue_grader import results as R
 from xqueue_grader.config import ConfigError, HandlerSpec, config_from_sources
-from xqueue_grader.daemon import FAST_EMPTY_STRIKES, LongPollState, next_poll_delay, outcome_of
+from xqueue_grader.course import check_grader_path, flag, is_inside, module_name_for, parse_grader_payload
+from xqueue_grader.daemon import FAST_EMPTY_STRIKES, LongPollState, next_poll_delay
+from xqueue_grader.jobs import valid_rows
 from xqueue_grader.protocol import (
     ProtocolError,
-    check_grader_path,
-    flag,
     is_empty_queue,
-    is_inside,
-    module_name_for,
     parse_body,
-    parse_grader_payload,
-    parse_reply,
+    parse_server_reply,
     parse_submission,
     put_result_form,
 )
+from xqueue_grader.results import outcome_of
 from xqueue_grader.sandbox import Limits
 
 # -- configuration -------------------------------------------------------------------------------
@@ -98,16 +96,16 @@ def test_config_never_shows_the_password() -> None:
 
 
 def test_envelope_forms() -> None:
-    assert parse_reply('{"return_code": 0, "content": "Logged in"}').ok
-    reply = parse_reply('{"return_code": 1, "content": "Queue \'q\' is empty"}')
+    assert parse_server_reply('{"return_code": 0, "content": "Logged in"}').ok
+    reply = parse_server_reply('{"return_code": 1, "content": "Queue \'q\' is empty"}')
     assert not reply.ok and is_empty_queue(reply.content)
-    legacy = parse_reply('{"success": true, "xqueue_header": "h"}')
+    legacy = parse_server_reply('{"success": true, "xqueue_header": "h"}')
     assert legacy.ok and legacy.content["xqueue_header"] == "h"
     for bad, message in (("not json", "Could not parse xreply."),
                          ('{"foo": 1}', "Cannot find a valid success or return code."),
                          ('{"success": "yes"}', "Invalid return code.")):
         with pytest.raises(ProtocolError, match=message.replace(".", r"\.")):
-            parse_reply(bad)
+            parse_server_reply(bad)
 
 
 def test_submission_content_is_a_json_string_with_string_header() -> None:
@@ -242,9 +240,9 @@ def test_compare_suffix_is_appended_to_shown_output() -> None:
 
 
 def test_forged_rows_are_rejected() -> None:
-    assert R.valid_rows([["t", None, "out"]]) == [("t", None, "out")]
+    assert valid_rows([["t", None, "out"]]) == [("t", None, "out")]
     for forged in ("x", [["t", None]], [[1, None, "o"]], [["t", 5, "o"]], None):
-        assert R.valid_rows(forged) is None
+        assert valid_rows(forged) is None
 
 
 def test_kill_messages_name_the_limit() -> None:

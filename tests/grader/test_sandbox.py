@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from xqueue_grader.sandbox import Limits, SandboxPool
+from xqueue_grader.jobs import job_from_json
+from xqueue_grader.sandbox import Limits, RunResult, SandboxPool
 from xqueue_grader.sandbox.limits import rlimit_pairs
 
 from .conftest import EXAMPLES, SESSION_UID, TEST_LIMITS, sandbox_settings
@@ -30,8 +31,9 @@ def read_text(path: str) -> str:
         return fh.read()
 
 
-async def script(pool: SandboxPool, code: str, limits: Limits = TEST_LIMITS, **extra: object):  # type: ignore[no-untyped-def]
-    return await pool.run({"mode": "script", "code": textwrap.dedent(code), **extra}, limits)
+async def script(pool: SandboxPool, code: str, limits: Limits = TEST_LIMITS, **extra: object) -> RunResult:
+    """Run ``code`` as a script job; ``extra``: more fields of the job's JSON form (``files``)."""
+    return await pool.run(job_from_json({"mode": "script", "code": textwrap.dedent(code), **extra}), limits)
 
 
 def test_rlimits_cover_every_limit() -> None:

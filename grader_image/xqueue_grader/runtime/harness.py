@@ -32,8 +32,28 @@ import traceback
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
+from xqueue_grader.jobs import (
+    CompareJob,
+    CompareReport,
+    GraderCode,
+    ImportReport,
+    JobError,
+    Prepared,
+    ScriptJob,
+    StaffJob,
+    StaffReport,
+    StudentJob,
+    TestRow,
+    TestsReport,
+    Verdict,
+    compare_report_to_json,
+    job_from_json,
+    staff_report_to_json,
+    tests_report_to_json,
+)
 from xqueue_grader.runtime import gradelib
 
 SUBMISSION_MODULE = "submission"
@@ -139,19 +159,16 @@ def format_exception(main_file: str | None = None) -> str:
 
 def import_captured(
     name: str, source: str, filename: str, output_limit: int, our_code: bool
-) -> tuple[types.ModuleType | None, dict[str, Any]]:
-    result: dict[str, Any] = {"status": "notrun"}
+) -> tuple[types.ModuleType | None, ImportReport]:
     module = None
+    exception = None
     with captured_stdout(output_limit) as out:
         try:
             module = load_module(name, source, filename)
         except BaseException:
-            result["status"] = "error"
-            result["exception"] = format_exception(None if our_code else filename)
-        else:
-            result["status"] = "ok"
-    result["stdout"] = out.getvalue()
-    return module, result
+            exception = format_exception(None if our_code else filename)
+    status = "ok" if exception is None else "error"
+    return module, ImportReport(status=status, exception=exception, stdout=out.getvalue())
 
 
 def _guard_pid(harness_pid: int) -> None:
@@ -161,38 +178,34 @@ def _guard_pid(harness_pid: int) -> None:
         os._exit(0)
 
 
-def run_tests(job: dict[str, Any], code: str, harness_pid: int) -> dict[str, Any]:
+def _import_grader(grader: GraderCode) -> tuple[types.ModuleType | None, ImportReport]:
+    """A fresh import of the course grader module."""
+    return import_captured(grader.name, grader.source, grader.name + ".py", grader.output_limit, True)
+
+
+def run_tests(grader_code: GraderCode, code: str, harness_pid: int) -> TestsReport:
     """Import a fresh grader and ``code`` as the submission module; run every test."""
-    limit = int(job.get("output_limit", 65536))
-    grader_name = job["grader_name"]
-    grader_file = grader_name + ".py"
+    limit = grader_code.output_limit
     sub_file = SUBMISSION_MODULE + ".py"
-    output: dict[str, Any] = {
-        "grader": {"status": "notrun"},
-        "submission": {"status": "notrun"},
-        "results": [],
-        "exceptions": 0,
-    }
-    seed_randomness(int(job["seed"]))
-    grader_mod, res = import_captured(grader_name, job["grader_source"], grader_file, limit, True)
+    seed_randomness(grader_code.seed)
+    grader_mod, grader_report = _import_grader(grader_code)
     grader = None
+    exceptions = 0
     if grader_mod is not None:
         try:
             grader = grader_mod.grader
         except BaseException:
-            res["status"] = "error"
-            res["exception"] = format_exception()
-            output["exceptions"] += 1
+            grader_report = replace(grader_report, status="error", exception=format_exception())
+            exceptions += 1
     else:
-        output["exceptions"] += 1
-    output["grader"].update(res)
-    if output["grader"]["status"] != "ok" or grader is None:
-        return output
+        exceptions += 1
+    if not grader_report.ok or grader is None:
+        return TestsReport(grader=grader_report, submission=ImportReport(), rows=[], exceptions=exceptions)
 
-    submission, res = import_captured(SUBMISSION_MODULE, code, sub_file, limit, False)
+    rows: list[TestRow] = []
+    submission, submission_report = import_captured(SUBMISSION_MODULE, code, sub_file, limit, False)
     _guard_pid(harness_pid)
-    output["submission"].update(res)
-    if submission is not None and res["status"] == "ok":
+    if submission is not None and submission_report.ok:
         try:
             for test in grader.tests():
                 exception_output = ""
@@ -204,31 +217,27 @@ def run_tests(job: dict[str, Any], code: str, harness_pid: int) -> dict[str, Any
                     except BaseException:
                         # Could be the grader or the student: show only the student's frames.
                         exception_output = format_exception(sub_file)
-                        output["exceptions"] += 1
+                        exceptions += 1
                 _guard_pid(harness_pid)
                 test_output = test_stdout.getvalue()
                 if test_output and not test_output.endswith("\n"):
                     test_output += "\n"
                 test_output += exception_output
-                output["results"].append(
-                    [_text(test.short_description), _opt_text(test.detailed_description), test_output]
-                )
+                rows.append(TestRow(_text(test.short_description), _opt_text(test.detailed_description), test_output))
         except BaseException:
             _guard_pid(harness_pid)
-            output["grader"]["status"] = "error"
-            output["grader"]["exception"] = format_exception()
-            output["exceptions"] += 1
+            grader_report = replace(grader_report, status="error", exception=format_exception())
+            exceptions += 1
     else:
-        output["exceptions"] += 1
+        exceptions += 1
 
     try:
         uncaught = grader.uncaught_end_tests()
     except BaseException:
         uncaught = 0
     if uncaught:
-        output["submission"]["exception"] = builtins_gettext(INTERFERED)
-        output["submission"]["status"] = "caught"
-    return output
+        submission_report = replace(submission_report, status="caught", exception=builtins_gettext(INTERFERED))
+    return TestsReport(grader=grader_report, submission=submission_report, rows=rows, exceptions=exceptions)
 
 
 def builtins_gettext(message: str) -> str:
@@ -253,71 +262,66 @@ def _opt_text(value: object) -> str | None:
     return _text(value)
 
 
-def run_staff(job: dict[str, Any], harness_pid: int) -> dict[str, Any]:
-    limit = int(job.get("output_limit", 65536))
-    grader_name = job["grader_name"]
-    prepare: dict[str, Any] = {"status": "notrun"}
-    seed_randomness(int(job["seed"]))
-    grader_mod, res = import_captured(grader_name, job["grader_source"], grader_name + ".py", limit, True)
+def run_staff(job: StaffJob, harness_pid: int) -> StaffReport:
+    limit = job.grader.output_limit
+    seed_randomness(job.grader.seed)
+    grader_mod, grader_report = _import_grader(job.grader)
     if grader_mod is None or not hasattr(grader_mod, "grader"):
         # The course grader itself is broken: a staff problem, not the submission's.
-        prepare["status"] = "grader_error"
-        prepare["exception"] = res.get("exception") or "grader module defines no 'grader'"
-        return {"prepare": prepare, "grader": res}
+        exception = grader_report.exception or "grader module defines no 'grader'"
+        return StaffReport(prepare=Prepared(status="grader_error", exception=exception),
+                           tests=TestsReport(grader=grader_report, submission=None, rows=None))
     grader = grader_mod.grader
     try:
         with captured_stdout(limit):
-            errors = grader.input_errors(job["submission"])
+            errors = grader.input_errors(job.submission)
             errors = [_text(e) for e in errors if e]
             if errors:
-                return {"prepare": {"status": "ok", "input_errors": errors}}
-            processed_answer = grader.preprocess(job["answer"])
-            processed_submission = grader.preprocess(job["submission"])
+                return StaffReport(prepare=Prepared(status="ok", input_errors=errors))
+            processed_answer = grader.preprocess(job.answer)
+            processed_submission = grader.preprocess(job.submission)
         if not isinstance(processed_answer, str) or not isinstance(processed_submission, str):
             raise TypeError("a preprocessor returned something other than a string")
     except BaseException:
-        return {"prepare": {"status": "error", "exception": format_exception()}}
+        return StaffReport(prepare=Prepared(status="error", exception=format_exception()))
     # The staff run gets a fresh grader, as in the original where input checks ran in another
     # process than the staff run: no state from preprocessing leaks into the tests.
-    output = run_tests(job, processed_answer, harness_pid)
-    output["prepare"] = {"status": "ok", "input_errors": [], "processed_submission": processed_submission}
-    grader_mod_now = sys.modules.get(grader_name)
-    tests = getattr(getattr(grader_mod_now, "grader", None), "tests", lambda: [])()
-    output["default_compare"] = [gradelib.has_default_comparison(t) for t in tests]
-    return output
+    tests = run_tests(job.grader, processed_answer, harness_pid)
+    grader_mod_now = sys.modules.get(job.grader.name)
+    graded_tests = getattr(getattr(grader_mod_now, "grader", None), "tests", lambda: [])()
+    return StaffReport(prepare=Prepared(status="ok", processed_submission=processed_submission), tests=tests,
+                       default_compare=[gradelib.has_default_comparison(t) for t in graded_tests])
 
 
-def run_compare(job: dict[str, Any], harness_pid: int) -> dict[str, Any]:
-    limit = int(job.get("output_limit", 65536))
-    grader_name = job["grader_name"]
-    seed_randomness(int(job["seed"]))
-    grader_mod, res = import_captured(grader_name, job["grader_source"], grader_name + ".py", limit, True)
+def run_compare(job: CompareJob) -> CompareReport:
+    seed_randomness(job.grader.seed)
+    grader_mod, grader_report = _import_grader(job.grader)
     if grader_mod is None or not hasattr(grader_mod, "grader"):
-        return {"status": "error", "exception": res.get("exception") or "grader module defines no 'grader'"}
-    verdicts: list[list[Any]] = []
+        return CompareReport(ok=False, exception=grader_report.exception or "grader module defines no 'grader'")
+    verdicts: list[Verdict] = []
     try:
         tests = grader_mod.grader.tests()
-        for test, (expected, actual) in zip(tests, job["pairs"], strict=False):
+        for test, (expected, actual) in zip(tests, job.pairs, strict=False):
             suffix = ""
-            with captured_stdout(limit):
+            with captured_stdout(job.grader.output_limit):
                 try:
                     correct = bool(test.compare_results(expected, actual))
                 except gradelib.EndTest as exc:
                     suffix = "\n*** {}: {} ***".format(builtins_gettext("ERROR"), exc)
                     correct = False
-            verdicts.append([correct, suffix])
+            verdicts.append(Verdict(correct, suffix))
     except BaseException:
-        return {"status": "error", "exception": format_exception()}
-    return {"status": "ok", "verdicts": verdicts}
+        return CompareReport(ok=False, exception=format_exception())
+    return CompareReport(ok=True, verdicts=verdicts)
 
 
-def run_script(job: dict[str, Any]) -> int:
-    """Run ``job['code']`` as ``__main__``; returns the exit status."""
-    for name, content_b64 in (job.get("files") or {}).items():
+def run_script(job: ScriptJob) -> int:
+    """Run ``job.code`` as ``__main__``; returns the exit status."""
+    for name, content in job.files.items():
         with open(name, "wb") as fh:
-            fh.write(base64.b64decode(content_b64))
-    source = job["code"]
-    filename = job.get("filename", "main.py")
+            fh.write(content)
+    source = job.code
+    filename = job.filename
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace: dict[str, Any] = {"__name__": "__main__", "__file__": filename, "__builtins__": builtins}
     try:
@@ -345,26 +349,32 @@ def write_channel(fd: int, document: dict[str, Any]) -> None:
     os.close(fd)
 
 
-def main(job: dict[str, Any], channel_fd: int) -> int:
+def main(document: dict[str, Any], channel_fd: int) -> int:
     """Entry point inside the sandboxed child; returns the exit status."""
     harness_pid = os.getpid()
-    install_translations(job.get("translations"))
-    mode = job["mode"]
-    if mode == "script":
+    try:
+        job = job_from_json(document)
+    except JobError as exc:
+        # Our bug, not the submission's: the run ends "failed" with the reason on stderr.
+        sys.stderr.write(f"bad job: {exc}\n")
+        _flush_std()
+        write_channel(channel_fd, {"error": str(exc)})
+        return 1
+    install_translations(job.translations if isinstance(job, ScriptJob) else job.grader.translations)
+    if isinstance(job, ScriptJob):
         status = run_script(job)
         _flush_std()
         return status
-    if mode == "staff":
-        document = run_staff(job, harness_pid)
-    elif mode == "student":
-        document = run_tests(job, job["code"], harness_pid)
-    elif mode == "compare":
-        document = run_compare(job, harness_pid)
+    report: dict[str, Any]
+    if isinstance(job, StaffJob):
+        report = staff_report_to_json(run_staff(job, harness_pid))
+    elif isinstance(job, StudentJob):
+        report = tests_report_to_json(run_tests(job.grader, job.code, harness_pid))
     else:
-        document = {"error": f"unknown mode {mode!r}"}
+        report = compare_report_to_json(run_compare(job))
     _guard_pid(harness_pid)
     _flush_std()
-    write_channel(channel_fd, document)
+    write_channel(channel_fd, report)
     return 0
 
 

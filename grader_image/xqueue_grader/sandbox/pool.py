@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import xqueue_grader
+from xqueue_grader.jobs import Job, ScriptJob, job_to_json
 from xqueue_grader.sandbox import wire
 from xqueue_grader.sandbox.limits import Limits
+from xqueue_grader.sandbox.runs import SANDBOX_FAILURES, RunResult, RunStatus, run_result_from_reply
 from xqueue_grader.sandbox.zygote import remove_tree
 
 log = logging.getLogger("xqueue_grader.sandbox")
@@ -32,71 +34,6 @@ DEFAULT_SANDBOX_UID = 65534
 
 class SandboxUnavailable(RuntimeError):
     """The zygote cannot be started (or the required isolation features are missing)."""
-
-
-@dataclass
-class RunResult:
-    """What one sandboxed run produced, as reported by its supervisor."""
-
-    status: str  # ok | failed | killed | setup_failed | sandbox_error
-    kill_reason: str | None = None
-    exit_code: int | None = None
-    signal: int | None = None
-    results: dict[str, Any] | None = None
-    results_error: str | None = None
-    stdout: str = ""
-    stderr: str = ""
-    stdout_bytes: int = 0
-    stderr_bytes: int = 0
-    cpu_seconds: float = 0.0
-    wall_seconds: float = 0.0
-    max_rss_kb: int = 0
-    leftovers_killed: int = 0
-    setup_ms: float = 0.0
-    cleanup_ms: float = 0.0
-    total_ms: float = 0.0
-    detail: str = ""
-    # Set when the zygote refused the job before running anything (its scratch directory or its
-    # inherited limits are damaged): the pool replaces the zygote and runs the job again.
-    unusable: str | None = None
-    zygote_pid: int | None = None
-
-    @classmethod
-    def from_reply(cls, reply: dict[str, Any], total_ms: float) -> RunResult:
-        raw = reply.get("results")
-        results = None
-        results_error = None
-        if isinstance(raw, str) and raw:
-            try:
-                parsed = json.loads(raw)
-            except ValueError:
-                results_error = "results channel did not hold valid JSON"
-            else:
-                if isinstance(parsed, dict):
-                    results = parsed
-                else:
-                    results_error = "results channel did not hold a JSON object"
-        return cls(
-            status=str(reply.get("status", "sandbox_error")),
-            kill_reason=reply.get("kill_reason"),
-            exit_code=reply.get("exit_code"),
-            signal=reply.get("signal"),
-            results=results,
-            results_error=results_error,
-            stdout=str(reply.get("stdout", "")),
-            stderr=str(reply.get("stderr", "")),
-            stdout_bytes=int(reply.get("stdout_bytes", 0)),
-            stderr_bytes=int(reply.get("stderr_bytes", 0)),
-            cpu_seconds=float(reply.get("cpu_seconds", 0.0)),
-            wall_seconds=float(reply.get("wall_seconds", 0.0)),
-            max_rss_kb=int(reply.get("max_rss_kb", 0)),
-            leftovers_killed=int(reply.get("leftovers_killed", 0)),
-            setup_ms=float(reply.get("setup_ms", 0.0)),
-            cleanup_ms=float(reply.get("cleanup_ms", 0.0)),
-            total_ms=total_ms,
-            detail=str(reply.get("unusable") or ""),
-            unusable=str(reply["unusable"]) if reply.get("unusable") else None,
-        )
 
 
 @dataclass
@@ -118,11 +55,9 @@ class SandboxSettings:
 
 # The self-test: the smallest job that needs every part of the machinery (supervisor, run
 # directory, sandboxed child, output capture).
-SELF_TEST_JOB = {"mode": "script", "code": "print('self-test ok')"}
+SELF_TEST_JOB = ScriptJob(code="print('self-test ok')")
 SELF_TEST_OUTPUT = "self-test ok\n"
 SELF_TEST_LIMITS = Limits(cpu_seconds=5, wall_seconds=10)
-# Runs ending like this say nothing about the submission but something about the sandbox.
-SANDBOX_FAILURES = ("sandbox_error", "setup_failed")
 
 
 class SandboxPool:
@@ -345,7 +280,7 @@ class SandboxPool:
                 await asyncio.sleep(0.001)
         raise BrokenPipeError("zygote does not accept work")
 
-    async def run(self, job: dict[str, Any], limits: Limits) -> RunResult:
+    async def run(self, job: Job, limits: Limits) -> RunResult:
         """Run one job; never raises for anything the job does (only for a broken pool)."""
         try:
             result = await self._run_once(job, limits)
@@ -358,7 +293,7 @@ class SandboxPool:
                     # A fresh zygote refuses too: no answer beats a wrong one (the server
                     # offers the submission again, perhaps to a healthy pod).
                     raise SandboxUnavailable(f"a fresh sandbox zygote is unusable too: {result.unusable}")
-            elif result.status == "sandbox_error" and result.zygote_pid != self.zygote_pid:
+            elif result.status == RunStatus.SANDBOX_ERROR and result.zygote_pid != self.zygote_pid:
                 # Another run found this run's zygote broken and replaced it meanwhile, which
                 # ended this run too: run it again in the fresh zygote.
                 result = await self._run_once(job, limits)
@@ -379,11 +314,11 @@ class SandboxPool:
         """
         for attempt in range(2):
             try:
-                result = await self._run_once(dict(SELF_TEST_JOB), SELF_TEST_LIMITS)
+                result = await self._run_once(SELF_TEST_JOB, SELF_TEST_LIMITS)
             except SandboxUnavailable as exc:
                 self._record(False, str(exc))
                 return False
-            if result.status == "ok" and result.stdout == SELF_TEST_OUTPUT:
+            if result.status == RunStatus.OK and result.stdout == SELF_TEST_OUTPUT:
                 self._record(True)
                 return True
             problem = result.unusable or result.detail or f"self-test ended {result.status}"
@@ -403,7 +338,7 @@ class SandboxPool:
             return
         self._check_task = asyncio.get_running_loop().create_task(self.self_test())
 
-    async def _run_once(self, job: dict[str, Any], limits: Limits) -> RunResult:
+    async def _run_once(self, job: Job, limits: Limits) -> RunResult:
         started = time.monotonic()
         await self._ensure_running()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -417,7 +352,7 @@ class SandboxPool:
                 await self._send_fd(theirs.fileno())
         except OSError as exc:
             ours.close()
-            return RunResult(status="sandbox_error", detail=f"cannot reach the zygote: {exc!r}",
+            return RunResult(status=RunStatus.SANDBOX_ERROR, detail=f"cannot reach the zygote: {exc!r}",
                              zygote_pid=self.zygote_pid)
         finally:
             theirs.close()
@@ -427,7 +362,7 @@ class SandboxPool:
         try:
             hello = await asyncio.wait_for(_read_frame(reader), 15)
             supervisor_pid = int(hello["pid"])
-            writer.write(wire.encode({"job": job, "limits": limits.to_dict()}))
+            writer.write(wire.encode({"job": job_to_json(job), "limits": limits.to_dict()}))
             await writer.drain()
             reply = await asyncio.wait_for(_read_frame(reader), float(limits.wall_seconds) + 20)
         except (TimeoutError, EOFError, asyncio.IncompleteReadError, ConnectionError, ValueError,
@@ -437,7 +372,7 @@ class SandboxPool:
                 with contextlib.suppress(OSError):
                     os.kill(supervisor_pid, signal.SIGKILL)
             return RunResult(
-                status="sandbox_error",
+                status=RunStatus.SANDBOX_ERROR,
                 detail=f"supervisor failed: {exc!r}",
                 total_ms=(time.monotonic() - started) * 1000,
                 zygote_pid=zygote,
@@ -446,9 +381,7 @@ class SandboxPool:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
-        result = RunResult.from_reply(reply, (time.monotonic() - started) * 1000)
-        result.zygote_pid = zygote
-        return result
+        return run_result_from_reply(reply, (time.monotonic() - started) * 1000, zygote)
 
     async def close(self) -> None:
         self._closed = True

@@ -44,6 +44,7 @@ from typing import Any
 from xqueue_grader.runtime import harness
 from xqueue_grader.sandbox import landlock, namespaces, prctl, procstate, seccomp, wire
 from xqueue_grader.sandbox.limits import Limits, apply_rlimits
+from xqueue_grader.sandbox.runs import KillReason, RunStatus, SupervisorReply
 
 RUNTIME_DIR = os.path.dirname(os.path.abspath(harness.__file__))
 LEGACY_DIR = os.path.join(RUNTIME_DIR, "legacy")
@@ -334,27 +335,27 @@ class Capture:
         return self.seen > len(self.data)
 
 
-def classify(status: int, rusage: Any, limits: Limits, kill_reason: str | None,
-             results_present: bool) -> tuple[str, str | None, int | None, int | None]:
+def classify(status: int, rusage: Any, limits: Limits, kill_reason: KillReason | None,
+             results_present: bool) -> tuple[RunStatus, KillReason | None, int | None, int | None]:
     """(status, kill_reason, exit_code, signal) of a finished run; pure apart from its inputs."""
     exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
     sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
     if kill_reason:
-        return "killed", kill_reason, exit_code, sig
+        return RunStatus.KILLED, kill_reason, exit_code, sig
     cpu = rusage.ru_utime + rusage.ru_stime
     if sig is not None and not results_present:
         if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= limits.cpu_seconds - 0.05):
-            return "killed", "cpu", exit_code, sig
+            return RunStatus.KILLED, KillReason.CPU, exit_code, sig
         if sig == signal.SIGXFSZ:
-            return "killed", "file_size", exit_code, sig
+            return RunStatus.KILLED, KillReason.FILE_SIZE, exit_code, sig
         if rusage.ru_maxrss * 1024 >= 0.8 * limits.memory_mb * 1024 * 1024:
-            return "killed", "memory", exit_code, sig
-        return "killed", "signal", exit_code, sig
+            return RunStatus.KILLED, KillReason.MEMORY, exit_code, sig
+        return RunStatus.KILLED, KillReason.SIGNAL, exit_code, sig
     if exit_code == SETUP_FAILED_EXIT and not results_present:
-        return "setup_failed", None, exit_code, sig
+        return RunStatus.SETUP_FAILED, None, exit_code, sig
     if exit_code == 0:
-        return "ok", None, exit_code, sig
-    return "failed", None, exit_code, sig
+        return RunStatus.OK, None, exit_code, sig
+    return RunStatus.FAILED, None, exit_code, sig
 
 
 def supervise(cfg: ZygoteConfig, conn_fd: int) -> int:
@@ -376,7 +377,8 @@ def supervise(cfg: ZygoteConfig, conn_fd: int) -> int:
             problem = f"scratch directory unusable: {exc.strerror or exc}"
     if problem is not None:
         # Nothing ran: the pool replaces this zygote and runs the job again in a fresh one.
-        wire.send_frame(conn, {"status": "sandbox_error", "unusable": problem})
+        unusable: SupervisorReply = {"status": RunStatus.SANDBOX_ERROR, "unusable": problem}
+        wire.send_frame(conn, dict(unusable))
         conn.close()
         return 0
     out_r, out_w = os.pipe()
@@ -420,8 +422,8 @@ def supervise(cfg: ZygoteConfig, conn_fd: int) -> int:
     results = captures[res_r]
     state, reason, exit_code, sig = classify(status, rusage, limits, kill_reason, bool(results.data))
     if results.seen > RESULTS_CAP and reason is None:
-        state, reason = "killed", "results_too_large"
-    reply = {
+        state, reason = RunStatus.KILLED, KillReason.RESULTS_TOO_LARGE
+    reply: SupervisorReply = {
         "status": state,
         "kill_reason": reason,
         "exit_code": exit_code,
@@ -439,7 +441,7 @@ def supervise(cfg: ZygoteConfig, conn_fd: int) -> int:
         "cleanup_ms": round((time.monotonic() - finished) * 1000, 3),
         "cleanup_steps_ms": [round((b - a) * 1000, 3) for a, b in itertools.pairwise(marks)],
     }
-    wire.send_frame(conn, reply)
+    wire.send_frame(conn, dict(reply))
     conn.close()
     return 0
 
@@ -459,7 +461,7 @@ def unusable_reason(cfg: ZygoteConfig) -> str | None:
 
 
 def collect(child: int, run_dir: str, limits: Limits, captures: dict[int, Capture], results: Capture,
-            started: float) -> str | None:
+            started: float) -> KillReason | None:
     """Read the run's pipes until it exits or breaks a limit; returns the kill reason if any."""
     poller = select.poll()
     for fd in captures:
@@ -480,7 +482,7 @@ def collect(child: int, run_dir: str, limits: Limits, captures: dict[int, Captur
         while True:
             now = time.monotonic()
             if now >= deadline:
-                return "wall"
+                return KillReason.WALL
             timeout = max(0.0, min(deadline, next_disk) - now)
             if pidfd < 0:
                 timeout = min(timeout, 0.02)
@@ -493,15 +495,15 @@ def collect(child: int, run_dir: str, limits: Limits, captures: dict[int, Captur
                 else:
                     poller.unregister(fd)
             if sum(c.seen for c in captures.values() if c is not results) > output_ceiling:
-                return "output"
+                return KillReason.OUTPUT
             if results.seen > RESULTS_CAP:
-                return "results_too_large"
+                return KillReason.RESULTS_TOO_LARGE
             if pidfd < 0 and os.waitid(os.P_PID, child, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
                 return None
             if time.monotonic() >= next_disk:
                 used, entries = dir_usage(run_dir)
                 if used > disk_cap or entries >= 20000:
-                    return "disk"
+                    return KillReason.DISK
                 # Often enough that a fast writer overshoots the quota by tens of MiB at most
                 # (size the scratch volume with that headroom per slot).
                 next_disk = time.monotonic() + 0.1

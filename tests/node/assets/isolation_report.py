@@ -20,6 +20,7 @@ import os
 import resource
 import sys
 
+from xqueue_grader.jobs import ScriptJob
 from xqueue_grader.sandbox import Limits, SandboxPool, SandboxSettings
 
 GRADER_ROOT = os.environ.get("XQGRADER_GRADER_ROOT", "/grader/course")
@@ -87,7 +88,7 @@ async def child_report() -> tuple[dict[str, object], dict[str, object]]:
     features = await pool.start()
     try:
         code = CHILD.replace("ROOT", repr(GRADER_ROOT))
-        result = await pool.run({"mode": "script", "code": code, "files": {}}, LIMITS)
+        result = await pool.run(ScriptJob(code=code), LIMITS)
     finally:
         await pool.close()
     if result.status != "ok":
