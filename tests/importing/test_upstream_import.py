@@ -60,15 +60,16 @@ def stored_hash(server: ServerThread, username: str) -> str:
     return fetch(server, "SELECT password_hash FROM accounts WHERE username = $1", username)[0]["password_hash"]
 
 
-def grade_all(grader: GraderClient, queue: str) -> list[str]:
-    """Pull and answer until the queue is empty; the LMS keys in the order they were handed out."""
-    keys = []
+def grade_all(grader: GraderClient, queue: str, upstream_bodies: dict[int, str]) -> list[int]:
+    """Pull and answer until the queue is empty; the upstream ids in the order they were handed out,
+    checking that each body is upstream's, unchanged."""
+    ids = []
     for _ in range(10):
         item = grader.pull(queue)
         if item is None:
-            return keys
-        body = json.loads(item["xqueue_body"])
-        keys.append(body["student_response"])
+            return ids
+        [sid] = [i for i, body in upstream_bodies.items() if body == item["xqueue_body"]]
+        ids.append(sid)
         reply = grader.put_result(item["xqueue_header"], {"correct": True, "score": 1, "msg": "<p>ok</p>"})
         assert reply["return_code"] == 0, reply
     raise AssertionError("queue never emptied")
@@ -102,8 +103,9 @@ def test_import_then_login_with_old_password_and_grade(
 
     # The grader (a pbkdf2_sha1 hash upstream) grades the waiting ones in upstream's arrival order.
     grader = GraderClient(server, up.GRADER_USER, up.GRADER_PASSWORD)
-    assert grade_all(grader, "python-3") == ["print(1)", "print(2)"]  # pulled-never-answered, then waiting
-    assert grade_all(grader, "matlab") == ["print(8)"]
+    bodies = {r["id"]: r["xqueue_body"] for r in up.submissions(fake_lms.callback_url)}
+    assert grade_all(grader, "python-3", bodies) == [1, 2]  # pulled-never-answered, then waiting
+    assert grade_all(grader, "matlab", bodies) == [8]
     lms_keys = {"lms-key-graded", "lms-key-pulled", "lms-key-waiting", "lms-key-matlab"}
     callbacks = fake_lms.wait_for(lambda cbs: {c.xqueue_header.get("lms_key") for c in cbs} >= lms_keys, timeout=30)
     by_key = {c.xqueue_header["lms_key"]: c for c in callbacks}

@@ -53,8 +53,10 @@ def submissions(callback_url: Callable[[str], str], now: datetime | None = None)
         base: Row = {
             "id": sid, "requester_id": "lms.example.org", "lms_callback_url": url, "queue_name": queue,
             "xqueue_header": header,
+            # Not only ASCII (utf8mb4 on MySQL): answers and names come in every language.
             "xqueue_body": json.dumps({"student_info": json.dumps({"anonymous_student_id": f"s{sid}"}),
-                                       "student_response": f"print({sid})", "grader_payload": "{}"}),
+                                       "student_response": f"print({sid})  # réponse ✓ 答え",
+                                       "grader_payload": "{}"}, ensure_ascii=False),
             "s3_keys": "{}", "s3_urls": "{}", "arrival_time": now - timedelta(minutes=minutes_ago),
             "pull_time": None, "push_time": None, "return_time": None, "grader_id": "", "pullkey": "",
             "grader_reply": "", "num_failures": 0, "lms_ack": False, "retired": False,
