@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from aiohttp import web
 
-from . import admin_api, classic_api, ops_api
+from . import admin_api, classic_api, ops_api, status_api
 from .abuse import body_deadline, server_options
 from .auth import Authenticator, hash_for
 from .config import Settings
@@ -89,6 +89,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(classic_api.routes)
     app.add_routes(admin_api.routes)
     app.add_routes(ops_api.routes)
+    app.add_routes(status_api.routes)
     app.cleanup_ctx.append(lambda app: _lifecycle(app, settings))
     return app
 

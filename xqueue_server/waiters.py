@@ -68,6 +68,11 @@ class QueueWaiters:
             if not waiting:
                 self._waiters.pop(queue_name, None)
 
+    def waiting(self) -> dict[str, int]:
+        """Grader requests waiting for work in this process, per queue (shown on the status page)."""
+        return {name: sum(1 for future, _gone in waiting if not future.done())
+                for name, waiting in self._waiters.items() if waiting}
+
     def stop(self) -> None:
         self.stopping.set()
         self.notify_all()
