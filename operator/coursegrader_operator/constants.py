@@ -7,6 +7,8 @@ and need an api-approved annotation.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 GROUP = "grading.xqueue-k8s.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -39,13 +41,33 @@ TMP_DIR = "/tmp"
 HTTP_PORT = 8080
 HTTP_PORT_NAME = "http"
 
-# Object kinds the operator manages, as (apiVersion, kind).
-DEPLOYMENT = ("apps/v1", "Deployment")
-SERVICE_ACCOUNT = ("v1", "ServiceAccount")
-CONFIG_MAP = ("v1", "ConfigMap")
-NETWORK_POLICY = ("networking.k8s.io/v1", "NetworkPolicy")
-SECRET = ("v1", "Secret")
-MANAGED_KINDS = (SERVICE_ACCOUNT, CONFIG_MAP, NETWORK_POLICY, SECRET, DEPLOYMENT)
+# The one table of kinds the operator manages. Everything else derives from it: the REST paths
+# (kube.py), the watched resources and their label selectors (handlers.py), the child names
+# (resources.ObjectNames) and the kinds a verify pass reads (reconcile.py).
+
+
+@dataclass(frozen=True)
+class ManagedKind:
+    kind: str
+    api_version: str
+    plural: str
+    name_suffix: str  # the child is named <coursegrader>-<suffix>
+    verified: bool  # read and compared on every verify pass (the Secret is checked by provisioning)
+
+    @property
+    def api_prefix(self) -> str:
+        return "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+
+
+MANAGED: tuple[ManagedKind, ...] = (
+    ManagedKind("ServiceAccount", "v1", "serviceaccounts", "grader", verified=True),
+    ManagedKind("ConfigMap", "v1", "configmaps", "grader-config", verified=True),
+    ManagedKind("NetworkPolicy", "networking.k8s.io/v1", "networkpolicies", "grader", verified=True),
+    ManagedKind("Secret", "v1", "secrets", "grader-credentials", verified=False),
+    ManagedKind("Deployment", "apps/v1", "deployments", "grader", verified=True),
+)
+MANAGED_BY_KIND = {m.kind: m for m in MANAGED}
+VERIFIED_KINDS = tuple(m.kind for m in MANAGED if m.verified)
 
 # Condition types written to status.conditions.
 COND_READY = "Ready"
@@ -54,9 +76,10 @@ COND_PROVISIONED = "Provisioned"
 COND_RECONCILED = "Reconciled"
 COND_SCALING_ACTIVE = "ScalingActive"
 COND_SCALING_LIMITED = "ScalingLimited"
+COND_QUEUE_CONFLICT = "QueueConflict"
 CONDITION_ORDER = (
     COND_READY, COND_SPEC_VALID, COND_PROVISIONED, COND_RECONCILED, COND_SCALING_ACTIVE,
-    COND_SCALING_LIMITED,
+    COND_SCALING_LIMITED, COND_QUEUE_CONFLICT,
 )
 
 # Phases shown in `kubectl get coursegraders`.

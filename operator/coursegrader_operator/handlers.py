@@ -1,4 +1,4 @@
-"""kopf handlers: thin adapters from watch events to the Runtime (runtime.py).
+"""kopf handlers: thin adapters from watch events to the Controller (controller.py).
 
 Only `on.event` handlers are used: they need no finalizer and write no kopf bookkeeping annotations
 onto the CourseGraders, and the reconcile they trigger is level-based (it applies the whole desired
@@ -18,19 +18,13 @@ import kopf
 
 from . import constants as C
 from .config import OperatorConfig
+from .controller import Controller
 from .events import EventPoster
 from .kube import KubeClient, default_login
-from .runtime import Runtime
 from .xqueue import XQueueClient
 
-# The owned kinds whose changes trigger drift repair, as kopf resource selectors.
-OWNED_RESOURCES = (
-    ("apps/v1", "deployments"),
-    ("v1", "serviceaccounts"),
-    ("v1", "configmaps"),
-    ("v1", "secrets"),
-    ("networking.k8s.io/v1", "networkpolicies"),
-)
+# The owned kinds whose changes trigger drift repair, as kopf resource selectors (from the one table).
+OWNED_RESOURCES = tuple((m.api_version, m.plural) for m in C.MANAGED)
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -88,43 +82,43 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logg
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kube = KubeClient(lambda: default_login(settings), timeout=config.request_timeout)
     poster = EventPoster(kube, warnings_only=config.posting_level in ("WARNING", "ERROR"))
-    runtime = Runtime(config, kube, XQueueClient(timeout=config.xqueue_timeout), post_event=poster.post)
+    controller = Controller(config, kube, XQueueClient(timeout=config.xqueue_timeout), post_event=poster.post)
     poster.start()
-    runtime.start()
+    controller.start()
     memo["poster"] = poster
-    memo["runtime"] = runtime
+    memo["controller"] = controller
     logger.info("coursegrader-operator started: %s", config)
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    runtime: Runtime | None = memo.get("runtime")
+    controller: Controller | None = memo.get("controller")
     poster: EventPoster | None = memo.get("poster")
     if poster is not None:
         await poster.stop()
-    if runtime is not None:
-        await runtime.stop()
+    if controller is not None:
+        await controller.stop()
 
 
 @kopf.on.probe(id="coursegraders")
 async def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
     """Shown on the liveness endpoint (XQOP_LIVENESS): how much the operator manages and does."""
-    runtime: Runtime | None = memo.get("runtime")
-    if runtime is None:
+    controller: Controller | None = memo.get("controller")
+    if controller is None:
         return {"managed": 0}
-    return {"managed": len(runtime.graders), "reconciles": runtime.reconciles,
-            "scale_ticks": runtime.scale_ticks, "idle": runtime.idle}
+    return {"managed": len(controller.courses), "reconciles": controller.reconciles,
+            "scale_ticks": controller.scale_ticks, "idle": controller.idle}
 
 
 # The event handlers are `async` on purpose: kopf runs plain functions in a thread pool, and the
-# Runtime's queue and timers belong to the operator's event loop (not thread-safe).
+# Controller's queue and timers belong to the operator's event loop (not thread-safe).
 @kopf.on.event(C.GROUP, C.VERSION, C.PLURAL)
 async def coursegrader_event(event: Mapping[str, Any], memo: kopf.Memo, **_: Any) -> None:
-    memo["runtime"].coursegrader_event(event.get("type"), event["object"])
+    memo["controller"].coursegrader_event(event.get("type"), event["object"])
 
 
 async def _owned_event(event: Mapping[str, Any], memo: kopf.Memo, **_: Any) -> None:
-    memo["runtime"].owned_event(event.get("type"), event["object"])
+    memo["controller"].owned_event(event.get("type"), event["object"])
 
 
 for _api_version, _plural in OWNED_RESOURCES:

@@ -22,15 +22,11 @@ from . import constants as C
 
 log = logging.getLogger(__name__)
 
-# Where each kind lives: (API path prefix, plural).
+# Where each kind lives: (API path prefix, plural); the managed kinds come from their table.
 _PATHS: dict[tuple[str, str], tuple[str, str]] = {
-    ("v1", "ServiceAccount"): ("/api/v1", "serviceaccounts"),
-    ("v1", "ConfigMap"): ("/api/v1", "configmaps"),
-    ("v1", "Secret"): ("/api/v1", "secrets"),
+    **{(m.api_version, m.kind): (m.api_prefix, m.plural) for m in C.MANAGED},
     ("v1", "Pod"): ("/api/v1", "pods"),
     ("v1", "Event"): ("/api/v1", "events"),
-    ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments"),
-    ("networking.k8s.io/v1", "NetworkPolicy"): ("/apis/networking.k8s.io/v1", "networkpolicies"),
     (C.API_VERSION, C.KIND): (f"/apis/{C.API_VERSION}", C.PLURAL),
 }
 

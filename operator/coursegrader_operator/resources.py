@@ -49,9 +49,12 @@ class ObjectNames:
 
     @classmethod
     def for_owner(cls, owner_name: str) -> ObjectNames:
-        base = f"{owner_name}-grader"
-        return cls(deployment=base, service_account=base, network_policy=base,
-                   config_map=f"{base}-config", secret=f"{base}-credentials")
+        def name(kind: str) -> str:
+            return f"{owner_name}-{C.MANAGED_BY_KIND[kind].name_suffix}"
+
+        return cls(deployment=name("Deployment"), service_account=name("ServiceAccount"),
+                   network_policy=name("NetworkPolicy"), config_map=name("ConfigMap"),
+                   secret=name("Secret"))
 
     def name_for(self, kind: str) -> str:
         return {

@@ -115,6 +115,19 @@ def initial_replicas(policy: ScalingPolicy, existing: int | None) -> int:
     return clamp(existing if existing is not None else policy.min_replicas, policy)
 
 
+def target_replicas(policy: ScalingPolicy, proposed: int | None, current: int | None) -> int:
+    """The replica count to apply: the whole rule in one place.
+
+    `proposed` is the scaler's latest decision (None before the first queue reading) and `current`
+    what the operator last applied, or, before its first apply, what the Deployment runs.
+    """
+    if not policy.enabled:
+        return clamp(policy.min_replicas, policy)
+    if proposed is not None:
+        return clamp(proposed, policy)
+    return initial_replicas(policy, current)
+
+
 DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
 
 

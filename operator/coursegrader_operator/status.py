@@ -70,6 +70,8 @@ class Observed:
     grader_username: str | None = None
     credentials_secret: str | None = None
     deployment_name: str | None = None
+    pods_problem: str | None = None  # why grader pods are not ready, from their own conditions
+    queue_conflict: str | None = None  # other CourseGraders claiming the same queue
 
 
 def _deployment_ready(obs: Observed) -> tuple[int, int, bool]:
@@ -118,7 +120,23 @@ def build_status(obs: Observed, previous: Mapping[str, Any] | None, timestamp: s
     status["readyReplicas"] = ready
     status["ready"] = f"{ready}/{desired}"
 
-    if obs.scaling_enabled:
+    prev_conditions = {c.get("type"): c for c in prev.get("conditions") or () if isinstance(c, Mapping)}
+    prev_active = prev_conditions.get(C.COND_SCALING_ACTIVE) or {}
+    # No reading yet (operator restart) over a status that had live figures: keep them until the
+    # first tick instead of flipping ScalingActive to WaitingForMetrics and back.
+    carried = obs.scaling_enabled and obs.queued is None and not obs.metrics_error \
+        and prev_active.get("status") == "True" and "queueLength" in prev
+    if carried:
+        limited_prev = prev_conditions.get(C.COND_SCALING_LIMITED) or {}
+        conditions.append(Condition(C.COND_SCALING_ACTIVE, True, str(prev_active.get("reason", "ValidMetric")),
+                                    str(prev_active.get("message", ""))))
+        conditions.append(Condition(C.COND_SCALING_LIMITED, limited_prev.get("status") == "True",
+                                    str(limited_prev.get("reason", "WithinRange")),
+                                    str(limited_prev.get("message", ""))))
+        for key in ("queueLength", "inFlight", "oldestQueuedAgeSeconds"):
+            if key in prev:
+                status[key] = prev[key]
+    elif obs.scaling_enabled:
         if obs.metrics_error:
             conditions.append(Condition(C.COND_SCALING_ACTIVE, False, "MetricsUnavailable",
                                         f"cannot read the queue length: {obs.metrics_error}; "
@@ -165,7 +183,10 @@ def build_status(obs: Observed, previous: Mapping[str, Any] | None, timestamp: s
         ready_cond = Condition(C.COND_READY, True, "GradersReady", f"{ready}/{desired} graders ready")
         phase = C.PHASE_READY
     else:
-        ready_cond = Condition(C.COND_READY, False, "GradersNotReady", f"{ready}/{desired} graders ready")
+        message = f"{ready}/{desired} graders ready"
+        if obs.pods_problem:
+            message += f": {obs.pods_problem}"
+        ready_cond = Condition(C.COND_READY, False, "GradersNotReady", message)
         phase = C.PHASE_PROGRESSING
     if not provisioned_ok and phase in (C.PHASE_PROGRESSING, C.PHASE_READY, C.PHASE_IDLE):
         phase = C.PHASE_PROVISIONING
@@ -173,6 +194,8 @@ def build_status(obs: Observed, previous: Mapping[str, Any] | None, timestamp: s
             ready_cond = Condition(C.COND_READY, False, "NotProvisioned",
                                    obs.provisioned.message if obs.provisioned else "")
     conditions.append(ready_cond)
+    if obs.queue_conflict:
+        conditions.append(Condition(C.COND_QUEUE_CONFLICT, True, "QueueClaimedTwice", obs.queue_conflict))
     status["phase"] = phase
     status["conditions"] = merge_conditions(prev.get("conditions"), conditions, obs.generation, timestamp)
     return status
@@ -195,3 +218,44 @@ def status_patch(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[
         if key not in new and key != "kopf":
             patch[key] = None
     return patch
+
+
+def pods_problem(pods: Iterable[Mapping[str, Any]]) -> str | None:
+    """Why grader pods are not ready, in their own words (PodScheduled=False, a waiting container),
+    or None when no pod says. Identical reasons are counted, not repeated."""
+    found: dict[str, int] = {}
+    for pod in pods:
+        if pod.get("metadata", {}).get("deletionTimestamp"):
+            continue
+        st = pod.get("status") or {}
+        reason = None
+        for cond in st.get("conditions") or ():
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                reason = f"{cond.get('reason') or 'Unschedulable'}: {cond.get('message') or 'not scheduled'}"
+                break
+        if reason is None:
+            for cs in [*(st.get("initContainerStatuses") or ()), *(st.get("containerStatuses") or ())]:
+                waiting = (cs.get("state") or {}).get("waiting") or {}
+                if waiting.get("reason") and waiting["reason"] not in ("PodInitializing", "ContainerCreating"):
+                    reason = f"container {cs.get('name')} {waiting['reason']}"
+                    if waiting.get("message"):
+                        reason += f": {waiting['message']}"
+                    break
+        if reason is not None:
+            found[reason[:300]] = found.get(reason[:300], 0) + 1
+    if not found:
+        return None
+    return "; ".join(f"{n} pod(s) {reason}" for reason, n in sorted(found.items(), key=lambda i: -i[1]))[:600]
+
+
+def queue_conflicts(claims: Mapping[Any, tuple[str, str]]) -> dict[Any, list[Any]]:
+    """CourseGraders that claim the same queue on the same server: key -> the other claimants."""
+    by_queue: dict[tuple[str, str], list[Any]] = {}
+    for key, claim in claims.items():
+        by_queue.setdefault(claim, []).append(key)
+    out: dict[Any, list[Any]] = {}
+    for keys in by_queue.values():
+        if len(keys) > 1:
+            for key in keys:
+                out[key] = sorted(k for k in keys if k != key)
+    return out
