@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the project needs, only when they are missing:
 # PostgreSQL server binaries (initdb/pg_ctl, used by the local run and the test fixtures),
-# git (the grader fetches course repositories), libseccomp2 (the sandbox's network filter) and
-# mariadb-server (the upstream-import tests run a throwaway MariaDB, like upstream XQueue's database).
+# git (the grader fetches course repositories), libseccomp2 (the sandbox's network filter),
+# mariadb-server (the upstream-import tests run a throwaway MariaDB, like upstream XQueue's database) and
+# chromium (the status page is tested in a real headless browser).
 #
 # As root, also what builds container images without Docker (buildah, mmdebstrap: scripts/build-images.sh)
 # and runs the real test node (containerd, runc, containernetworking-plugins, iptables, conntrack, and
@@ -22,6 +23,8 @@ command -v git >/dev/null 2>&1 || need+=(git)
 ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || need+=(libseccomp2)
 # MariaDB server: the upstream-import tests start one with upstream XQueue's schema (tests/importing).
 PATH="$PATH:/usr/sbin:/sbin" command -v mariadbd >/dev/null 2>&1 || need+=(mariadb-server)
+# Headless Chromium: the status page's browser tests (tests/status/test_status_browser.py).
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || need+=(chromium)
 
 if [[ $(id -u) == 0 && "${XQ_NODE_DEPS:-1}" != 0 && "$(uname -s)" == Linux ]]; then
   # package:file-it-provides (PATH is searched for bare names)
