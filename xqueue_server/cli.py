@@ -223,9 +223,27 @@ async def cmd_import_xqueue(db: Database, args: argparse.Namespace) -> int:
         return 1
     extra = [q for value in args.queue for q in split_queues(value) or ()]
     plan = upstream_import.plan_import(data, await upstream_writer.existing(db, data), extra,
-                                       admins=not args.no_admins)
+                                       admins=not args.no_admins, fetch_files=args.fetch_files)
     if not args.dry_run:
-        await upstream_writer.apply(db, plan)
+        storage, fetched = None, []
+        if args.fetch_files:
+            from . import upstream_files
+            from .storage import discard_files, make_storage
+
+            settings = load_settings()
+            storage = make_storage(settings, await db.get_secret("file_url_signing_key") or "")
+            stored, failed = await upstream_files.fetch_files(
+                plan.submissions, storage, base_url=args.files_base_url, max_bytes=settings.max_file_bytes)
+            upstream_import.with_fetched_files(plan, stored, failed)
+            fetched = [key for files in stored.values() for key in files.values()]
+        try:
+            applied = await upstream_writer.apply(db, plan)
+        except BaseException:
+            if storage is not None:  # the rows naming them were rolled back
+                await asyncio.shield(discard_files(storage, fetched))
+            raise
+        if storage is not None:
+            await discard_files(storage, applied.unused_files)
     if args.json:
         print(json.dumps(upstream_import.report_json(plan, dry_run=args.dry_run), indent=2))
     else:
@@ -293,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also create these queues (comma-separated; upstream's XQUEUES setting)")
     upstream.add_argument("--no-admins", action="store_true",
                           help="do not make upstream superusers admins here")
+    upstream.add_argument("--fetch-files", action="store_true",
+                          help="copy submitted files from upstream's file URLs into this server's storage "
+                               "(else submissions with files are skipped)")
+    upstream.add_argument("--files-base-url", metavar="URL",
+                          help="where upstream served relative file URLs (its MEDIA_URL host), e.g. "
+                               "https://xqueue.example.org/")
     upstream.add_argument("--json", action="store_true", help="the report as JSON")
     return parser
 

@@ -20,16 +20,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from urllib.parse import urljoin
 
 from . import passwords
-from .protocol import ProtocolError, parse_submit
-from .validation import NAME_PATTERN
+from .protocol import ProtocolError, is_absolute_http_url, parse_submit
+from .validation import NAME_PATTERN, InputError, check_file_name
 
 # Our submit limits (config defaults): an imported row must be one our own submit would take.
 MAX_HEADER_BYTES = 64_000
 MAX_BODY_BYTES = 2_500_000
+# Upstream's stand-in when a submission's {filename: URL} did not fit its column: the URL of a JSON
+# document {"files": {filename: URL}, "keys": {...}}.
+EXTERNAL_DICT_NAME = "URL_FOR_EXTERNAL_DICTS"
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,8 @@ class PlannedSubmission:
     grader_reply: str | None
     return_time: datetime | None
     was_pulled: bool  # upstream had handed it to a grader that never answered
+    file_urls: dict[str, str] = field(default_factory=dict)  # upstream's {filename: URL}, to fetch
+    files: dict[str, str] = field(default_factory=dict)  # {filename: our storage key}, once fetched
 
 
 @dataclass(frozen=True)
@@ -156,7 +162,15 @@ def plan_accounts(users: Iterable[UpstreamUser], existing: Existing, *, admins: 
     return planned, skipped, unchanged
 
 
-def plan_submission(sub: UpstreamSubmission) -> PlannedSubmission | Skipped:
+def resolve_file_url(url: str, base_url: str | None) -> str | None:
+    """An absolute http(s) URL to fetch a file from; upstream's local storage wrote MEDIA_URL paths,
+    which need the address upstream served them at (``base_url``). None when there is none."""
+    if base_url and not is_absolute_http_url(url):
+        url = urljoin(base_url, url)
+    return url if is_absolute_http_url(url) else None
+
+
+def plan_submission(sub: UpstreamSubmission, *, fetch_files: bool = False) -> PlannedSubmission | Skipped:
     """One unretired upstream row as ours, or why it cannot be imported."""
     name = f"#{sub.id} ({sub.queue_name})"
     if not NAME_PATTERN.match(sub.queue_name or ""):
@@ -171,10 +185,17 @@ def plan_submission(sub: UpstreamSubmission) -> PlannedSubmission | Skipped:
     files = _file_urls(sub.s3_urls)
     if files is None:
         return Skipped("submission", name, "s3_urls is not a JSON object of file URLs")
-    if files:
+    if files and not fetch_files:
         return Skipped("submission", name,
                        f"has {len(files)} uploaded file(s) ({', '.join(sorted(files))}): files are not carried "
-                       "over; the student must submit again")
+                       "over without --fetch-files; the student must submit again")
+    for file_name, url in files.items():
+        if not isinstance(url, str):
+            return Skipped("submission", name, "s3_urls is not a JSON object of file URLs")
+        try:
+            check_file_name(file_name)
+        except InputError as exc:
+            return Skipped("submission", name, f"file name not accepted: {exc.message}")
     answered = sub.return_time is not None and bool(sub.grader_reply)
     return PlannedSubmission(
         upstream_id=sub.id,
@@ -188,11 +209,12 @@ def plan_submission(sub: UpstreamSubmission) -> PlannedSubmission | Skipped:
         grader_reply=sub.grader_reply if answered else None,
         return_time=as_utc(sub.return_time) if answered and sub.return_time else None,
         was_pulled=not answered and (sub.pull_time is not None or sub.push_time is not None),
+        file_urls=files,
     )
 
 
 def plan_import(data: UpstreamData, existing: Existing, extra_queues: Iterable[str] = (),
-                *, admins: bool = True) -> ImportPlan:
+                *, admins: bool = True, fetch_files: bool = False) -> ImportPlan:
     plan = ImportPlan()
     plan.accounts, skipped, unchanged = plan_accounts(data.users, existing, admins=admins)
     plan.skipped.extend(skipped)
@@ -218,7 +240,7 @@ def plan_import(data: UpstreamData, existing: Existing, extra_queues: Iterable[s
             plan.skipped.append(Skipped("submission", f"#{sub.id} ({sub.queue_name})",
                                         "superseded by a newer submission for the same callback URL"))
             continue
-        result = plan_submission(sub)
+        result = plan_submission(sub, fetch_files=fetch_files)
         if isinstance(result, Skipped):
             plan.skipped.append(result)
             continue
@@ -240,6 +262,19 @@ def plan_import(data: UpstreamData, existing: Existing, extra_queues: Iterable[s
     return plan
 
 
+def with_fetched_files(plan: ImportPlan, stored: dict[int, dict[str, str]], failed: dict[int, str]) -> None:
+    """Put the fetched files' storage keys on their submissions; those whose files could not be
+    fetched are skipped with the reason."""
+    kept = []
+    for sub in plan.submissions:
+        if sub.upstream_id in failed:
+            plan.skipped.append(Skipped("submission", f"#{sub.upstream_id} ({sub.queue_name})",
+                                        f"its files could not be fetched: {failed[sub.upstream_id]}"))
+        else:
+            kept.append(replace(sub, files=stored.get(sub.upstream_id, {})) if sub.file_urls else sub)
+    plan.submissions = kept
+
+
 def render_report(plan: ImportPlan, *, dry_run: bool) -> str:
     """The human-readable report: what is (or would be) imported, what is skipped and why."""
     verb = "would import" if dry_run else "imported"
@@ -253,7 +288,9 @@ def render_report(plan: ImportPlan, *, dry_run: bool) -> str:
     for sub in plan.submissions:
         how = ("graded, callback to deliver" if sub.state == "answered"
                else "was with a grader that never answered: graded again" if sub.was_pulled else "waiting")
-        lines.append(f"  submission #{sub.upstream_id} -> {sub.queue_name}: {how}")
+        count = len(sub.files or sub.file_urls)
+        lines.append(f"  submission #{sub.upstream_id} -> {sub.queue_name}: {how}"
+                     + (f", {count} file(s)" if count else ""))
     if plan.unchanged:
         lines.append(f"already here: {len(plan.unchanged)} (left as they are)")
     lines.append(f"skipped: {len(plan.skipped)}")

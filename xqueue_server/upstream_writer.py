@@ -7,6 +7,7 @@ time or an import racing the LMS still import each thing once.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from .db import SQL_DIR, Database, load_queries
@@ -21,6 +22,7 @@ class Applied:
     queues: int
     submissions: int
     callbacks: int
+    unused_files: list[str]  # storage keys fetched for submissions another run imported meanwhile
 
 
 async def existing(db: Database, data: UpstreamData) -> Existing:
@@ -40,6 +42,7 @@ async def existing(db: Database, data: UpstreamData) -> Existing:
 
 async def apply(db: Database, plan: ImportPlan) -> Applied:
     accounts = queues = submissions = callbacks = 0
+    unused: list[str] = []
     async with db.transaction() as tx:
         conn = tx.pool
         for account in plan.accounts:
@@ -53,14 +56,17 @@ async def apply(db: Database, plan: ImportPlan) -> Applied:
             row = await conn.fetchrow(
                 QUERIES["import_submission"], sub.queue_name, sub.requester_id, sub.lms_callback_url,
                 sub.xqueue_header, sub.xqueue_body, sub.arrival_time, sub.state, sub.grader_reply, sub.return_time,
+                json.dumps(sub.files),
             )
             if row["id"] is not None:
                 submissions += 1
                 callbacks += row["callbacks"]
+            else:
+                unused.extend(sub.files.values())
         await conn.fetchval(QUERIES["import_notify_queues"], sorted({s.queue_name for s in plan.submissions}))
         if callbacks:
             await conn.fetchval(QUERIES["import_notify_callbacks"])
-    return Applied(accounts, queues, submissions, callbacks)
+    return Applied(accounts, queues, submissions, callbacks, unused)
 
 
 async def rehash_password(db: Database, account_id: int, verified_hash: str, new_hash: str) -> bool:

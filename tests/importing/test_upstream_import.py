@@ -25,8 +25,9 @@ from xqueue_server.testing import FakeLMS, ServerThread
 pytestmark = pytest.mark.slow
 
 
-def import_xqueue(server: ServerThread, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "XQUEUE_DATABASE_URL": server.settings.database_url or ""}
+def import_xqueue(server: ServerThread, *args: str, env: dict[str, str] | None = None
+                  ) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "XQUEUE_DATABASE_URL": server.settings.database_url or "", **(env or {})}
     return subprocess.run([sys.executable, "-m", "xqueue_server.cli", "import-xqueue", *args], env=env,
                           capture_output=True, text=True, timeout=120, check=False)
 

@@ -74,7 +74,7 @@ def submissions(callback_url: Callable[[str], str], now: datetime | None = None)
         row(4, "finished", "python-3", 300, return_time=now - timedelta(minutes=290), grader_reply=json.dumps(REPLY),
             lms_ack=True, retired=True),
         row(5, "with-files", "python-3", 30, s3_keys=json.dumps({"answer.py": "abc"}),
-            s3_urls=json.dumps({"answer.py": "https://upstream.example.org/xqueue/files/abc"})),
+            s3_urls=json.dumps({"answer.py": "/media/python-3/abc"})),  # upstream's local storage: MEDIA_URL
         stale,
         row(7, "broken", "python-3", 20, xqueue_header="not json at all"),
         row(8, "matlab", "matlab", 10),
