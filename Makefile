@@ -24,10 +24,10 @@ help: ## list the targets
 system-deps: ## install Debian packages the project needs when they are missing (PostgreSQL, git, libseccomp)
 	@bash scripts/ensure-system-deps.sh
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tutor_plugin/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,seccomp]'
+	$(PY) -m pip install -q -e '.[test,seccomp]' -e ./tutor_plugin
 	@touch $(STAMP)
 
 setup: system-deps $(STAMP) ## create .venv and install the project with its test dependencies
