@@ -8,8 +8,12 @@ import asyncio
 import json
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 from xqueue_grader.logs import setup_logging
+
+if TYPE_CHECKING:
+    from xqueue_grader.sandbox import SandboxSettings
 
 
 def _cmd_run(_args: argparse.Namespace) -> int:
@@ -51,7 +55,7 @@ def _cmd_try(args: argparse.Namespace) -> int:
         payload["lang"] = args.lang
     body = json.dumps({"grader_payload": json.dumps(payload), "student_response": code, "student_info": "{}"})
 
-    async def go() -> dict[str, object]:
+    async def go() -> dict[str, Any]:
         pool = SandboxPool(SandboxSettings(hidden_paths=[args.grader_root]))
         await pool.start()
         try:
@@ -70,7 +74,7 @@ def _cmd_try(args: argparse.Namespace) -> int:
 def _cmd_features(_args: argparse.Namespace) -> int:
     from xqueue_grader.sandbox import SandboxPool, SandboxSettings
 
-    async def go() -> dict[str, object]:
+    async def go() -> dict[str, Any]:
         pool = SandboxPool(SandboxSettings())
         try:
             return await pool.start()
@@ -81,7 +85,7 @@ def _cmd_features(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _selftest_settings() -> tuple[object, list[str]]:
+def _selftest_settings() -> tuple[SandboxSettings, list[str]]:
     """Sandbox settings of this deployment (its configuration when there is one, else defaults)."""
     from xqueue_grader.config import ConfigError, load_config
     from xqueue_grader.sandbox import SandboxSettings
@@ -109,8 +113,8 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
     setup_logging("WARNING")
     settings, required = _selftest_settings()
 
-    async def go() -> dict[str, object]:
-        pool = SandboxPool(settings)  # type: ignore[arg-type]
+    async def go() -> dict[str, Any]:
+        pool = SandboxPool(settings)
         try:
             features = await pool.start()
             ok = await pool.self_test()
@@ -134,10 +138,10 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
         print(f"self-test: {'ok' if result.get('self_test') else 'FAILED'}")
-        for name, value in sorted((result.get("layers") or {}).items()):  # type: ignore[union-attr]
+        for name, value in sorted((result.get("layers") or {}).items()):
             print(f"  {name}: {json.dumps(value, sort_keys=True)}")
         if result.get("missing"):
-            print("missing: " + ", ".join(result["missing"]))  # type: ignore[arg-type]
+            print("missing: " + ", ".join(result["missing"]))
         if result.get("error"):
             print(f"error: {result['error']}")
     return 0 if result.get("ok") else 1

@@ -64,7 +64,7 @@ class XQueueClient:
             token = base64.b64encode(f"{basic_auth[0]}:{basic_auth[1]}".encode()).decode("ascii")
             self._auth_headers = {"Authorization": "Basic " + token}
         self.timeout = timeout
-        self._ssl: bool | None = None if verify_tls else False
+        self._ssl = verify_tls  # True: aiohttp's default verification
         self._headers: dict[str, str] = {}
         self._session: aiohttp.ClientSession | None = None
         self._login_lock = asyncio.Lock()

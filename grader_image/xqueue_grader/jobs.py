@@ -333,10 +333,11 @@ def staff_report_from_json(data: Any) -> StaffReport | None:
     if not isinstance(data, dict):
         return None
     defaults = data.get("default_compare")
-    valid_defaults = isinstance(defaults, list) and all(isinstance(d, bool) for d in defaults)
+    if not isinstance(defaults, list) or not all(isinstance(d, bool) for d in defaults):
+        defaults = None
     return StaffReport(prepare=prepared_from_json(data.get("prepare")),
                        tests=tests_report_from_json(data) if "grader" in data else None,
-                       default_compare=list(defaults) if valid_defaults else None)
+                       default_compare=defaults)
 
 
 def compare_report_from_json(data: Any) -> CompareReport | None:

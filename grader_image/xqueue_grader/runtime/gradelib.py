@@ -77,7 +77,7 @@ class Test:
         self.detailed_description = detailed_description
         if compare:
             # An instance attribute shadows the method, as graders expect.
-            self.compare_results = compare  # type: ignore[method-assign]
+            setattr(self, "compare_results", compare)  # noqa: B010 - a method cannot be assigned typed
 
     def __call__(self, *args: Any) -> Any:
         return self._test_fn(*args)

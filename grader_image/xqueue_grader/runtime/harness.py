@@ -288,7 +288,7 @@ def run_staff(job: StaffJob, harness_pid: int) -> StaffReport:
     # process than the staff run: no state from preprocessing leaks into the tests.
     tests = run_tests(job.grader, processed_answer, harness_pid)
     grader_mod_now = sys.modules.get(job.grader.name)
-    graded_tests = getattr(getattr(grader_mod_now, "grader", None), "tests", lambda: [])()
+    graded_tests: list[Any] = getattr(getattr(grader_mod_now, "grader", None), "tests", lambda: [])()
     return StaffReport(prepare=Prepared(status="ok", processed_submission=processed_submission), tests=tests,
                        default_compare=[gradelib.has_default_comparison(t) for t in graded_tests])
 

@@ -145,7 +145,7 @@ def _from_reply(reply: dict[str, Any], total_ms: float, zygote_pid: int | None) 
     if unusable:
         return RunResult(status=RunStatus.SANDBOX_ERROR, detail=str(unusable), unusable=str(unusable),
                          total_ms=total_ms, zygote_pid=zygote_pid)
-    status = RunStatus(reply.get("status"))  # ValueError for anything else
+    status = RunStatus(_text(reply, "status"))  # ValueError for anything but a RunStatus
     raw_reason = reply.get("kill_reason")
     kill_reason = None if raw_reason is None else KillReason(raw_reason)
     results, results_error = parse_results_channel(reply.get("results"))

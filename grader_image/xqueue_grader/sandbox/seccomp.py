@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from typing import Any
 
 try:
-    import pyseccomp as _sc
+    import pyseccomp as _sc  # type: ignore[import-untyped]  # ships no type information
 except Exception:  # not installed, or libseccomp missing
     _sc = None
 

@@ -330,10 +330,6 @@ class Capture:
         if room > 0:
             self.data += chunk[:room]
 
-    @property
-    def truncated(self) -> bool:
-        return self.seen > len(self.data)
-
 
 def classify(status: int, rusage: Any, limits: Limits, kill_reason: KillReason | None,
              results_present: bool) -> tuple[RunStatus, KillReason | None, int | None, int | None]:
@@ -569,9 +565,10 @@ def probe(cfg: ZygoteConfig) -> dict[str, Any]:
     os.waitpid(pid, 0)
     remove_tree(run_dir)
     try:
-        return json.loads(b"".join(chunks) or b"{}")
+        parsed = json.loads(b"".join(chunks) or b"{}")
     except ValueError:
-        return {"setup": "unreadable probe report"}
+        parsed = None
+    return parsed if isinstance(parsed, dict) else {"setup": "unreadable probe report"}
 
 
 def _probe_network() -> str:
@@ -603,6 +600,11 @@ def _denied(call: Any) -> bool:
     return False
 
 
+def _try_datagram_socketpair() -> None:
+    for sock in socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM):
+        sock.close()
+
+
 def _try_shared_memory() -> None:
     """Create (and at once remove) a SysV shared memory segment."""
     import ctypes
@@ -627,8 +629,7 @@ def _probe_denials(run_dir: str) -> dict[str, bool]:
     return {
         "unix_socket": _denied(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).close()),
         "netlink_socket": _denied(lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW).close()),
-        "datagram_socketpair": _denied(lambda: [s.close() for s in socket.socketpair(
-            socket.AF_UNIX, socket.SOCK_DGRAM)]),
+        "datagram_socketpair": _denied(_try_datagram_socketpair),
         "sysv_ipc": _denied(_try_shared_memory),
         # Reading only: the filter refuses any other pid, whether or not a new limit is given.
         "prlimit_other": _denied(lambda: resource.prlimit(parent, resource.RLIMIT_NOFILE)),
