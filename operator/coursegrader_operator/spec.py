@@ -21,6 +21,17 @@ USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@+-]{1,150}$")
 DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
+# Where a course repository may come from (the CRD carries the same expressions in a CEL rule):
+# a remote git URL with a host, scp-like user@host:path, or a repository baked into the grader image
+# under /opt/ or /srv/ (a plain path or a file:// URL). Anything else cannot be cloned (no scheme,
+# spaces, shell syntax) or reads the image's system files (file:///etc/...).
+REPO_REMOTE_RE = re.compile(
+    r"^(https?|ssh|git)://([A-Za-z0-9._~%+-]+@)?([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+    r"(:[0-9]{1,5})?(/[!-~]*)?$")
+REPO_SCP_RE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?:[A-Za-z0-9_.~/][!-~]*$")
+REPO_IMAGE_PATH_RE = re.compile(r"^(file://)?/(opt|srv)(/[A-Za-z0-9._+@-]+)+/?$")
+REPO_DOTDOT_RE = re.compile(r"(^|/)[.][.](/|$)")
+IMAGE_REPO_ROOTS = ("/opt/", "/srv/")
 QUANTITY_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?$")
 # Longest CourseGrader name: derived names add "-grader-config" and the name is a label value (<=63).
 MAX_NAME_LENGTH = 49
@@ -248,6 +259,12 @@ def _parse_server(raw: Mapping[str, Any], defaults: OperatorDefaults, c: _Checke
 def _parse_repo(raw: Mapping[str, Any], c: _Checker) -> RepoSpec:
     repo = _section(raw, "repo")
     url = c.text("repo.url", repo.get("url"), required=True)
+    if url and (REPO_DOTDOT_RE.search(url) or not (
+            REPO_REMOTE_RE.match(url) or REPO_SCP_RE.match(url) or REPO_IMAGE_PATH_RE.match(url))):
+        c.problems.append(
+            "spec.repo.url must be an https://, http://, ssh:// or git:// URL with a host, user@host:path, "
+            f"or a repository baked into the grader image under {' or '.join(IMAGE_REPO_ROOTS)} "
+            f"(a path or file:// URL); got {url[:200]!r}")
     sub_path = c.text("repo.subPath", repo.get("subPath"))
     if sub_path.startswith("/") or ".." in sub_path.split("/"):
         c.problems.append("spec.repo.subPath must be a relative path inside the repository")

@@ -7,6 +7,9 @@
   ``.api_client()``.
 * ``kube_namespace`` (function): a fresh uuid-named namespace (its name, a str), deleted afterwards
   without waiting.
+* ``coursegrader_crd`` (session): the CourseGrader CRD from crds/, applied and Established.
+* ``rest`` (function): a ``Rest`` client (operator_harness.py) with the admin credentials.
+* ``operator_env`` (function): fast XQOP_* settings for an in-process operator.
 
 Everything under tests/cluster is marked ``cluster`` automatically. When a cluster test fails, the
 last 200 lines of each component log are attached to its report.
@@ -22,7 +25,9 @@ from pathlib import Path
 
 import pytest
 
+from coursegrader_operator import constants as C
 from tests.cluster.controlplane import ControlPlane, KubectlError, bin_dir_problem
+from tests.cluster.operator_harness import CRD_FILE, FAST_ENV, Rest
 
 HERE = Path(__file__).resolve().parent
 LOG_TAIL_LINES = 200
@@ -98,3 +103,29 @@ def kube_namespace(kube: ControlPlane) -> Iterator[str]:
         kube.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
     except KubectlError as exc:  # never mask the test's own outcome with a cleanup problem
         print(f"warning: could not delete namespace {name}: {exc}")
+
+
+@pytest.fixture(scope="session")
+def coursegrader_crd(kube: ControlPlane) -> str:
+    name = f"{C.PLURAL}.{C.GROUP}"
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    kube.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    return name
+
+
+@pytest.fixture
+def rest(kube: ControlPlane) -> Iterator[Rest]:
+    client = Rest(kube.kubeconfig)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def operator_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Fast operator settings for this test (tests may add more with monkeypatch.setenv)."""
+    for key in list(os.environ):
+        if key.startswith("XQOP_"):
+            monkeypatch.delenv(key)
+    for key, value in FAST_ENV.items():
+        monkeypatch.setenv(key, value)
+    return dict(FAST_ENV)

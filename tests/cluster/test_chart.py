@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.cluster.controlplane import ControlPlane
-from tests.cluster.test_operator_harness import ROOT, coursegrader_crd_fixture  # noqa: F401 - fixture
+from tests.cluster.operator_harness import ROOT
 
 pytestmark = [pytest.mark.kwok, pytest.mark.timeout(300)]
 

@@ -26,13 +26,11 @@ import yaml
 from coursegrader_operator import constants as C
 from tests.cluster.controlplane import ControlPlane, free_ports
 from tests.cluster.local_pods import LocalPod
-from tests.cluster.test_operator_harness import (  # noqa: F401 - the *_fixture names are fixtures
+from tests.cluster.operator_harness import (
     ROOT,
     Rest,
     condition,
-    coursegrader_crd_fixture,
     is_ready,
-    rest_fixture,
     wait_for,
 )
 from xqueue_server.local_pg import LocalPostgres

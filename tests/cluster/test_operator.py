@@ -19,15 +19,12 @@ from coursegrader_operator.drift import comparable, find_drift
 from coursegrader_operator.resources import Owner, build_deployment
 from coursegrader_operator.spec import OperatorDefaults, parse_spec
 from tests.cluster.controlplane import ControlPlane
-from tests.cluster.test_operator_harness import (  # noqa: F401 - the *_fixture names are fixtures
+from tests.cluster.operator_harness import (
     GRADER_IMAGE,
     Rest,
     condition,
-    coursegrader_crd_fixture,
     coursegrader_manifest,
     is_ready,
-    operator_env_fixture,
-    rest_fixture,
     running_operator,
     secret_manifest,
     wait_for,

@@ -23,14 +23,11 @@ import requests
 from coursegrader_operator import constants as C
 from coursegrader_operator.scaling import DELETION_COST_ANNOTATION
 from tests.cluster.controlplane import ControlPlane
-from tests.cluster.test_operator_harness import (  # noqa: F401 - the *_fixture names are fixtures
+from tests.cluster.operator_harness import (
     Rest,
     condition,
-    coursegrader_crd_fixture,
     coursegrader_manifest,
     is_ready,
-    operator_env_fixture,
-    rest_fixture,
     running_operator,
     wait_for,
 )

@@ -172,3 +172,35 @@ def test_names_that_do_not_fit_derived_objects_are_rejected() -> None:
     assert validate_name("course-a") == []
     assert validate_name("x" * 50)
     assert validate_name("Course_A")
+
+
+GOOD_REPO_URLS = ["https://git.example.org/course/graders.git", "http://10.0.0.5:3000/c.git",
+                  "ssh://git@h:2222/r.git", "git://git.example.org/c", "https://[::1]:8443/c.git",
+                  "git@github.com:org/r.git", "/opt/xqueue/demo-course", "/srv/course",
+                  "file:///srv/c", "file:///opt/courses/6.00x/"]
+BAD_REPO_URLS = ["not a url; rm -rf /", "file:///etc/passwd", "github.com/org/repo", "/etc/shadow",
+                 "relative/path", "https://", "https://h/r.git; curl evil", "ftp://h/r.git",
+                 "/opt/../etc", "--upload-pack=touch /tmp/x", "https://h/../../x", "git@h:-oProxy=x"]
+
+
+@pytest.mark.parametrize("url", GOOD_REPO_URLS)
+def test_clonable_repo_urls_and_image_paths_are_accepted(raw_spec: dict[str, Any], url: str) -> None:
+    raw_spec["repo"]["url"] = url
+    assert parse_spec(raw_spec).repo.url == url
+
+
+@pytest.mark.parametrize("url", BAD_REPO_URLS)
+def test_repo_urls_that_cannot_be_cloned_are_rejected(raw_spec: dict[str, Any], url: str) -> None:
+    """spec.repo.url accepted anything and reported SpecValid=True (issue 12)."""
+    raw_spec["repo"]["url"] = url
+    found = problems(raw_spec)
+    assert len(found) == 1 and found[0].startswith("spec.repo.url must be") and "/opt/" in found[0]
+
+
+def test_crd_repo_url_rule_uses_the_parser_expressions() -> None:
+    from coursegrader_operator import spec as S
+    url = spec_schema()["properties"]["repo"]["properties"]["url"]
+    (rule,) = url["x-kubernetes-validations"]
+    for pattern in (S.REPO_DOTDOT_RE, S.REPO_REMOTE_RE, S.REPO_SCP_RE, S.REPO_IMAGE_PATH_RE):
+        assert f'self.matches(r"{pattern.pattern}")' in rule["rule"]
+    assert "/opt/" in url["description"] and "/opt/" in rule["message"]

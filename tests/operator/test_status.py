@@ -11,6 +11,8 @@ from coursegrader_operator.status import (
     build_status,
     merge_conditions,
     now_rfc3339,
+    pods_problem,
+    queue_conflicts,
     status_differs,
     status_patch,
 )
@@ -131,3 +133,64 @@ def test_status_patch_nulls_removed_keys_and_keeps_kopf() -> None:
 def test_timestamps_are_rfc3339_utc() -> None:
     text = now_rfc3339()
     assert text.endswith("Z") and len(text) == 20
+
+
+def test_a_restart_before_the_first_reading_keeps_the_live_metrics() -> None:
+    """A restart flipped ScalingActive to WaitingForMetrics and back and lost lastScaleTime (issue 12)."""
+    live = Observed(generation=2, provisioned=PROVISIONED, desired_replicas=3, deployment=deployment(3),
+                    queued=4, in_flight=2, limited=True, max_replicas=3, last_scale_time=T0)
+    before = build_status(live, None, T0)
+    restarted = Observed(generation=2, provisioned=PROVISIONED, desired_replicas=3, deployment=deployment(3),
+                         max_replicas=3, last_scale_time=T0)
+    after = build_status(restarted, before, T1)
+    assert not status_differs(after, before)
+    assert after == before
+    # A brand-new object still says it is waiting, and an outage still shows.
+    fresh = build_status(restarted, None, T1)
+    assert conditions(fresh)[C.COND_SCALING_ACTIVE]["reason"] == "WaitingForMetrics"
+    down = Observed(generation=2, provisioned=PROVISIONED, desired_replicas=3, deployment=deployment(3),
+                    metrics_error="connection refused")
+    assert conditions(build_status(down, before, T1))[C.COND_SCALING_ACTIVE]["reason"] == "MetricsUnavailable"
+
+
+def pod(scheduled: dict[str, str] | None = None, waiting: dict[str, str] | None = None,
+        terminating: bool = False) -> dict[str, Any]:
+    status: dict[str, Any] = {}
+    if scheduled is not None:
+        status["conditions"] = [{"type": "PodScheduled", "status": "False", **scheduled}]
+    if waiting is not None:
+        status["containerStatuses"] = [{"name": "grader", "state": {"waiting": waiting}}]
+    meta: dict[str, Any] = {"name": "p"}
+    if terminating:
+        meta["deletionTimestamp"] = T0
+    return {"metadata": meta, "status": status}
+
+
+def test_pods_say_why_they_are_not_ready() -> None:
+    cpu = {"reason": "Unschedulable", "message": "0/1 nodes are available: 1 Insufficient cpu."}
+    pods = [pod(scheduled=cpu), pod(scheduled=cpu), pod(waiting={"reason": "ImagePullBackOff",
+                                                                 "message": "pull failed"}),
+            pod(waiting={"reason": "ContainerCreating"}), pod(scheduled=cpu, terminating=True), pod()]
+    problem = pods_problem(pods)
+    assert problem == ("2 pod(s) Unschedulable: 0/1 nodes are available: 1 Insufficient cpu.; "
+                       "1 pod(s) container grader ImagePullBackOff: pull failed")
+    assert pods_problem([pod(), pod(waiting={"reason": "PodInitializing"})]) is None
+    obs = Observed(generation=1, provisioned=PROVISIONED, desired_replicas=3, deployment=deployment(1),
+                   pods_problem=problem)
+    ready = conditions(build_status(obs, None, T0))[C.COND_READY]
+    assert ready["reason"] == "GradersNotReady"
+    assert ready["message"].startswith("1/3 graders ready: 2 pod(s) Unschedulable") and "Insufficient cpu" in \
+        ready["message"]
+
+
+def test_a_queue_claimed_twice_is_a_condition_in_both() -> None:
+    claims = {("a", "one"): ("http://xq", "q1"), ("b", "two"): ("http://xq", "q1"),
+              ("a", "three"): ("http://xq", "q2"), ("c", "four"): ("http://other", "q1")}
+    assert queue_conflicts(claims) == {("a", "one"): [("b", "two")], ("b", "two"): [("a", "one")]}
+    obs = Observed(generation=1, provisioned=PROVISIONED, desired_replicas=1, deployment=deployment(1),
+                   queued=0, in_flight=0, queue_conflict="queue q1 is also claimed by b/two")
+    cond = conditions(build_status(obs, None, T0))[C.COND_QUEUE_CONFLICT]
+    assert cond["status"] == "True" and cond["reason"] == "QueueClaimedTwice" and "b/two" in cond["message"]
+    clear = build_status(Observed(generation=1, provisioned=PROVISIONED, desired_replicas=1,
+                                  deployment=deployment(1), queued=0, in_flight=0), None, T0)
+    assert C.COND_QUEUE_CONFLICT not in conditions(clear)

@@ -1,6 +1,5 @@
-"""Shared pieces for the operator's cluster tests (this module holds no tests itself).
+"""Shared helpers for the operator's cluster tests (the fixtures built on them live in conftest.py).
 
-* ``coursegrader_crd`` (session): the CRD from crds/, applied and Established.
 * ``Rest``: a small synchronous client for the test's own reads and writes (camelCase JSON, no models).
 * ``running_operator``: the real operator in-process through kopf's KopfRunner, with fast settings.
 * ``wait_for``: poll a condition with a deadline (bounded in time and count), never a fixed sleep.
@@ -18,12 +17,10 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import kopf
-import pytest
 import requests
 from kopf.testing import KopfRunner
 
 from coursegrader_operator import constants as C
-from tests.cluster.controlplane import ControlPlane
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / f"{C.PLURAL}.{C.GROUP}.yaml"
@@ -149,32 +146,6 @@ class Rest:
 
     def close(self) -> None:
         self.session.close()
-
-
-@pytest.fixture(scope="session", name="coursegrader_crd")
-def coursegrader_crd_fixture(kube: ControlPlane) -> str:
-    name = f"{C.PLURAL}.{C.GROUP}"
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    kube.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
-    return name
-
-
-@pytest.fixture(name="rest")
-def rest_fixture(kube: ControlPlane) -> Iterator[Rest]:
-    client = Rest(kube.kubeconfig)
-    yield client
-    client.close()
-
-
-@pytest.fixture(name="operator_env")
-def operator_env_fixture(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Fast operator settings for this test (tests may add more with monkeypatch.setenv)."""
-    for key in list(os.environ):
-        if key.startswith("XQOP_"):
-            monkeypatch.delenv(key)
-    for key, value in FAST_ENV.items():
-        monkeypatch.setenv(key, value)
-    return dict(FAST_ENV)
 
 
 @contextlib.contextmanager
