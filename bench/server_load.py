@@ -126,6 +126,7 @@ class Tally:
     duplicate_callbacks: int = 0
     handed_out: Counter[int] = field(default_factory=Counter)  # submission id -> times handed out
     seen_keys: set[str] = field(default_factory=set)
+    empty_pulls: int = 0
 
 
 class FakeLMS:
@@ -171,6 +172,7 @@ async def classic_grader(base: str, stop: asyncio.Event, tally: Tally, poll_inte
             async with session.get(f"{base}/xqueue/get_submission/", params=params) as r:
                 reply = await r.json(content_type=None)
             if reply["return_code"] != 0:
+                tally.empty_pulls += 1
                 await asyncio.sleep(poll_interval)
                 continue
             item = json.loads(reply["content"])
@@ -248,6 +250,7 @@ class Result:
     cpu_generator: float
     statements: float
     commits: float
+    empty_pulls: float
 
 
 async def measure(args: argparse.Namespace, base: str, cluster_url: str, database: str, meter: CpuMeter,
@@ -270,9 +273,10 @@ async def measure(args: argparse.Namespace, base: str, cluster_url: str, databas
         await asyncio.sleep(warm_up)
         tally.latencies.clear()
         commits0, statements0 = await db_counters(cluster_url, database)
-        cpu0, received0, started = meter.snapshot(), tally.received, time.perf_counter()
+        cpu0, received0, started, empty0 = meter.snapshot(), tally.received, time.perf_counter(), tally.empty_pulls
         await asyncio.sleep(args.seconds)
         cpu1, received1, elapsed = meter.snapshot(), tally.received, time.perf_counter() - started
+        empty = tally.empty_pulls - empty0
         commits1, statements1 = await db_counters(cluster_url, database)
         full = list(tally.latencies)
         await load
@@ -300,6 +304,7 @@ async def measure(args: argparse.Namespace, base: str, cluster_url: str, databas
         cpu_server=(cpu1.server - cpu0.server) / cycles, cpu_postgres=(cpu1.postgres - cpu0.postgres) / cycles,
         cpu_generator=(cpu1.generator - cpu0.generator) / cycles,
         statements=(statements1 - statements0) / cycles, commits=(commits1 - commits0) / cycles,
+        empty_pulls=empty / cycles,
     )
 
 
@@ -375,7 +380,8 @@ def report(result: Result) -> None:
     total = result.cpu_server + result.cpu_postgres + result.cpu_generator
     print(f"  CPU per cycle: server {result.cpu_server * 1000:.2f} ms, PostgreSQL {result.cpu_postgres * 1000:.2f} ms, "
           f"load generator {result.cpu_generator * 1000:.2f} ms, all {total * 1000:.2f} ms")
-    print(f"  per cycle: {result.statements:.1f} statements (= round trips), {result.commits:.1f} commits")
+    print(f"  per cycle: {result.statements:.1f} statements (= round trips), {result.commits:.1f} commits, "
+          f"{result.empty_pulls:.2f} empty pulls")
     print(f"  lost: {result.lost}, duplicate hand-outs: {result.duplicate_handouts}, "
           f"duplicate callbacks: {result.duplicate_callbacks} (at-least-once allows these)")
     sys.stdout.flush()

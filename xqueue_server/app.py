@@ -18,7 +18,7 @@ from .auth import Authenticator, hash_for
 from .config import Settings
 from .context import CONTEXT_KEY, AppContext
 from .db import Database
-from .delivery import CallbackDeliverer
+from .delivery import DELIVERER_KEY, CallbackDeliverer
 from .housekeeping import Housekeeper
 from .logs import error_fields
 from .metrics import Metrics
@@ -119,6 +119,7 @@ async def _lifecycle(app: web.Application, settings: Settings) -> AsyncIterator[
         )
         app[CONTEXT_KEY] = ctx
         deliverer = CallbackDeliverer(db, settings, metrics)
+        app[DELIVERER_KEY] = deliverer
         housekeeper = Housekeeper(db, settings, metrics, storage)
         tasks = [
             asyncio.create_task(_listen_forever(db, waiters, deliverer), name="xqueue-listen"),
@@ -150,6 +151,9 @@ async def _listen_forever(db: Database, waiters: QueueWaiters, deliverer: Callba
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
                 await conn.add_listener("xqueue_callbacks", lambda *_args: deliverer.notify())
+                await conn.add_listener("xqueue_credentials", db.credentials.invalidate)
+                # Sessions may be remembered only while every change to them is heard (db.CredentialsCache).
+                db.credentials.enable(True)
                 delay = 0.5
                 # Work that arrived while we were not listening is picked up now.
                 waiters.notify_all()
@@ -162,5 +166,7 @@ async def _listen_forever(db: Database, waiters: QueueWaiters, deliverer: Callba
                 db.health.failed(exc)  # logged once per outage, not once per reconnect attempt
             else:
                 log.warning("LISTEN connection lost; reconnecting", extra={"fields": error_fields(exc)})
+        finally:
+            db.credentials.enable(False)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 10.0)

@@ -20,6 +20,7 @@ from . import protocol as p
 from .auth import LoginThrottled, can_pull, can_submit, pull_scope, visible_queues
 from .context import AppContext, client_ip, current_account, set_session_cookie
 from .db import Account
+from .delivery import DELIVERER_KEY
 from .ratelimit import retry_after_header
 from .storage import saving_files
 from .uploads import FormError, read_form, read_submit_form, small_form_limits
@@ -277,20 +278,24 @@ async def put_result(request: web.Request) -> web.Response:
             return reply(p.failure(exc.message))
         if len(items) > ctx.settings.bulk_max:
             return reply(p.failure(f"{p.INCORRECT_REPLY_FORMAT}: at most {ctx.settings.bulk_max} results per call"))
-        outcomes = [await _record_one(ctx, account, header, body) for header, body in items]
+        outcomes = [await _record_one(request, account, header, body) for header, body in items]
         return reply(p.success(outcomes))
-    return reply(await _record_one(ctx, account, form.get("xqueue_header"), form.get("xqueue_body")))
+    return reply(await _record_one(request, account, form.get("xqueue_header"), form.get("xqueue_body")))
 
 
-async def _record_one(ctx: AppContext, account: Account, header: Any, body: Any) -> dict[str, Any]:
+async def _record_one(request: web.Request, account: Account, header: Any, body: Any) -> dict[str, Any]:
+    ctx = AppContext.of(request)
     try:
         parsed = p.parse_reply(header, body)
     except p.ProtocolError as exc:
         ctx.metrics.results.labels("invalid").inc()
         return p.failure(exc.message)
     # Only submissions of queues the caller may pull exist for it: a foreign one answers like a missing one.
-    outcome = await ctx.db.record_result(parsed.submission_id, parsed.submission_key, parsed.xqueue_body,
-                                         pull_scope(account))
+    deliverer = request.app[DELIVERER_KEY]
+    outcome, callback = await ctx.db.record_result(parsed.submission_id, parsed.submission_key, parsed.xqueue_body,
+                                                   pull_scope(account), deliverer.inline_claim_seconds())
+    if callback is not None:
+        deliverer.deliver_now(callback)  # the first attempt starts now; the grader's reply does not wait for it
     ctx.metrics.results.labels(outcome).inc()
     if outcome in ("recorded", "duplicate"):
         log.info("result recorded", extra={"fields": {"submission_id": parsed.submission_id, "outcome": outcome}})

@@ -109,6 +109,52 @@ def _account(row: asyncpg.Record) -> Account:
     )
 
 
+class CredentialsCache:
+    """Which account a session belongs to, remembered between requests of this process.
+
+    Sound because PostgreSQL announces every change to accounts and sessions (migration 0006) on the
+    LISTEN connection, which calls ``invalidate``; this process's own changes invalidate at once
+    (``Database``). It is used only while that connection is up (``enable``), and an answer read
+    before an invalidation is never stored after it (``generation``). An entry lives at most
+    ``MAX_SECONDS`` and never beyond its session's expiry, which bounds staleness even if a
+    notification were lost with a silently broken connection.
+    """
+
+    MAX_SECONDS = 5.0
+    MAX_ENTRIES = 10_000
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.generation = 0
+        self._entries: dict[str, tuple[Account, float]] = {}
+
+    def get(self, key: str) -> Account | None:
+        if not self.enabled:
+            return None
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[1] <= time.monotonic():
+            self._entries.pop(key, None)
+            return None
+        return entry[0]
+
+    def put(self, key: str, account: Account, generation: int, valid_seconds: float) -> None:
+        if not self.enabled or generation != self.generation:
+            return
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[key] = (account, time.monotonic() + min(self.MAX_SECONDS, valid_seconds))
+
+    def invalidate(self, *_args: object) -> None:
+        self.generation += 1
+        self._entries.clear()
+
+    def enable(self, enabled: bool) -> None:
+        self.invalidate()
+        self.enabled = enabled
+
+
 async def _keep_session(_conn: asyncpg.Connection) -> None:
     """Pool connections carry no session state of ours (no SET, LISTEN or held advisory locks; open
     transactions are still rolled back by asyncpg), so skip the default reset query: it would cost
@@ -116,12 +162,14 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
 
 
 class Database:
-    def __init__(self, pool: GuardedPool | asyncpg.Connection, dsn: str, health: DatabaseHealth) -> None:
+    def __init__(self, pool: GuardedPool | asyncpg.Connection, dsn: str, health: DatabaseHealth,
+                 credentials: CredentialsCache | None = None) -> None:
         # Normally the guarded pool (connection errors become DatabaseUnavailable, answered 503, and
         # an outage is logged once); inside ``transaction`` the block's own connection.
         self.pool: Any = pool
         self.dsn = dsn
         self.health = health
+        self.credentials = credentials or CredentialsCache()
 
     @classmethod
     async def connect(cls, dsn: str, min_size: int = 2, max_size: int = 20, wait_seconds: float = 0.0) -> Database:
@@ -220,7 +268,7 @@ class Database:
     async def transaction(self) -> AsyncIterator[Database]:
         """This database's queries on one connection, in one transaction committed when the block ends."""
         async with self.pool.acquire() as conn, conn.transaction():
-            yield Database(conn, self.dsn, self.health)
+            yield Database(conn, self.dsn, self.health, self.credentials)
 
     # ------------------------------------------------------------------ submissions
     async def insert_submission(
@@ -269,24 +317,33 @@ class Database:
         return int(row["released"])
 
     async def record_result(
-        self, submission_id: int, pullkey: str, body: str, queues: Sequence[str] | None = None
-    ) -> str:
-        """Store a grader reply. Returns 'recorded', 'duplicate', 'missing' or 'bad_key'.
+        self, submission_id: int, pullkey: str, body: str, queues: Sequence[str] | None = None,
+        inline_seconds: float | None = None,
+    ) -> tuple[str, DueCallback | None]:
+        """Store a grader reply. Returns ('recorded', 'duplicate', 'missing' or 'bad_key', callback).
 
         ``queues`` limits the submissions the caller may answer (None: any); one in another queue is
-        'missing', so callers cannot tell a foreign submission from a non-existent one."""
+        'missing', so callers cannot tell a foreign submission from a non-existent one. With
+        ``inline_seconds`` a recorded reply's callback comes back claimed for that long, for the caller
+        to deliver at once (see record_result in queries.sql); otherwise the outbox workers get it."""
         scope = None if queues is None else list(queues)
+        inline = None if inline_seconds is None else float(inline_seconds)
         async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(QUERIES["record_result"], submission_id, pullkey, body, scope)
+            row = await conn.fetchrow(QUERIES["record_result"], submission_id, pullkey, body, scope, inline)
             if row["recorded"]:
-                return "recorded"
+                callback = None
+                if row["callback_id"] is not None and inline is not None:
+                    callback = DueCallback(id=row["callback_id"], submission_id=submission_id, kind="grade",
+                                           url=row["url"], host=row["host"], xqueue_header=row["xqueue_header"],
+                                           xqueue_body=body, attempts=1, age_seconds=0.0)
+                return "recorded", callback
             current = await conn.fetchrow(QUERIES["submission_key_state"], submission_id, scope)
         if current is None:
-            return "missing"
+            return "missing", None
         if current["pullkey"] == pullkey and current["state"] in ("answered", "delivered"):
             # The same grader posting the same submission again (a retried request): already stored.
-            return "duplicate"
-        return "bad_key"
+            return "duplicate", None
+        return "bad_key", None
 
     async def retire_poison(self, max_pulls: int, failure_body: str) -> list[tuple[int, str]]:
         rows = await self.pool.fetch(QUERIES["retire_poison_submissions"], max_pulls, failure_body)
@@ -308,6 +365,12 @@ class Database:
 
     async def mark_callback_delivered(self, callback_id: int) -> None:
         await self.pool.execute(QUERIES["mark_callback_delivered"], callback_id)
+
+    async def mark_callbacks_delivered(self, callback_ids: Sequence[int]) -> None:
+        await self.pool.execute(QUERIES["mark_callbacks_delivered"], sorted(callback_ids))
+
+    async def unclaim_callback(self, callback_id: int) -> None:
+        await self.pool.execute(QUERIES["unclaim_callback"], callback_id)
 
     async def schedule_callback_retry(self, callback_id: int, delay_seconds: float, error: str) -> None:
         await self.pool.execute(QUERIES["schedule_callback_retry"], callback_id, float(delay_seconds), error)
@@ -353,16 +416,23 @@ class Database:
             None if pull_queues is None else list(pull_queues),
             None if submit_queues is None else list(submit_queues),
         )
+        self.credentials.invalidate()
         return bool(row["created"])
 
     async def set_password(self, username: str, password_hash: str) -> bool:
-        return await self.pool.fetchval(QUERIES["set_password"], username, password_hash) is not None
+        changed = await self.pool.fetchval(QUERIES["set_password"], username, password_hash) is not None
+        self.credentials.invalidate()
+        return changed
 
     async def set_account_active(self, username: str, active: bool) -> bool:
-        return await self.pool.fetchval(QUERIES["set_account_active"], username, active) is not None
+        changed = await self.pool.fetchval(QUERIES["set_account_active"], username, active) is not None
+        self.credentials.invalidate()
+        return changed
 
     async def delete_account(self, username: str) -> bool:
-        return await self.pool.fetchval(QUERIES["delete_account"], username) is not None
+        changed = await self.pool.fetchval(QUERIES["delete_account"], username) is not None
+        self.credentials.invalidate()
+        return changed
 
     async def list_accounts(self) -> list[dict[str, Any]]:
         return [dict(r) for r in await self.pool.fetch(QUERIES["list_accounts"])]
@@ -371,11 +441,20 @@ class Database:
         await self.pool.execute(QUERIES["create_session"], key_hash, account_id, float(max_age_seconds))
 
     async def session_account(self, key_hash: str) -> Account | None:
+        cached = self.credentials.get(key_hash)
+        if cached is not None:
+            return cached
+        generation = self.credentials.generation
         row = await self.pool.fetchrow(QUERIES["get_session_account"], key_hash)
-        return None if row is None else _account(row)
+        if row is None:
+            return None
+        account = _account(row)
+        self.credentials.put(key_hash, account, generation, row["valid_seconds"])
+        return account
 
     async def delete_session(self, key_hash: str) -> None:
         await self.pool.execute(QUERIES["delete_session"], key_hash)
+        self.credentials.invalidate()
 
     async def delete_expired_sessions(self) -> None:
         """Expired sessions, and login-throttle state nobody needs any more."""

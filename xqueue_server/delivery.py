@@ -1,9 +1,15 @@
 """Durable callback delivery: the outbox worker that POSTs grades (and failure notices) to the LMS.
 
-``put_result`` only records the reply and an outbox row; this worker delivers it with exponential
-backoff and jitter until the LMS answers HTTP 200 or the horizon passes (then the row is
-dead-lettered, visible in ``xqueue-admin dead-letters`` and in metrics). Any number of server
-replicas can run it: rows are claimed with SKIP LOCKED and stay invisible while being tried.
+``put_result`` records the reply and an outbox row in one statement. The first attempt is normally
+made at once by the process that recorded it (``deliver_now``): the row is stored already claimed,
+so the hot path costs no NOTIFY, no claim query and no wait for the worker. Every later attempt, and
+any first attempt the process could not make (it stopped or crashed, or the LMS host is at its bound),
+goes through the outbox worker, with exponential backoff and jitter until the LMS answers HTTP 200 or
+the horizon passes (then the row is dead-lettered, visible in ``xqueue-admin dead-letters`` and in
+metrics). Any number of server replicas can run it: rows are claimed with SKIP LOCKED and stay
+invisible while being tried. Successful deliveries that finish close together are marked in one
+statement (``_mark_delivered``); a crash before that mark only means a repeated callback, which the
+at-least-once contract allows.
 
 Fairness: several LMSes may share one server. Each LMS host (host:port of the callback URL) has at
 most ``callback_per_host_concurrency`` deliveries in flight per process, and the claim skips hosts
@@ -19,8 +25,11 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
+from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from .config import Settings
 from .db import Database, DueCallback
@@ -29,6 +38,8 @@ from .metrics import Metrics
 from .outage import DatabaseUnavailable
 
 log = logging.getLogger("xqueue.delivery")
+INVISIBLE_MARGIN_SECONDS = 5.0  # a claimed row stays invisible this much longer than one attempt may take
+INLINE_WAIT_SECONDS = 1.0  # an inline callback waits this long at most for a slot of its host
 
 
 def backoff_delay(attempts: int, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -69,6 +80,12 @@ class CallbackDeliverer:
         self._per_host: dict[str, int] = {}  # host -> deliveries in flight
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
+        self._delivered_ids: list[int] = []  # successful deliveries waiting for the next batch mark
+        self._batch_done: asyncio.Future[None] | None = None  # resolved when those ids are marked
+        self._marker: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        # Inline callbacks waiting for a slot of their host: host -> (callback, since).
+        self._inline_waiting: dict[str, deque[tuple[DueCallback, float]]] = {}
 
     def stop(self) -> None:
         """Finish the current claim and in-flight attempts, then return from ``run``."""
@@ -77,6 +94,88 @@ class CallbackDeliverer:
 
     def notify(self, _payload: str = "") -> None:
         self.wakeup.set()
+
+    def inline_claim_seconds(self) -> float | None:
+        """How long record_result should claim a new callback for ``deliver_now``; None when this
+        process cannot deliver now (not running, stopping, every slot busy): the outbox gets it."""
+        if self._session is None or self._stopping or len(self._tasks) >= self.settings.callback_concurrency:
+            return None
+        return self.settings.callback_timeout_seconds + INVISIBLE_MARGIN_SECONDS
+
+    def deliver_now(self, callback: DueCallback) -> None:
+        """First attempt of a callback record_result claimed for this process, within the same bounds as
+        the outbox (total and per LMS host); over a bound the claim goes back to the outbox."""
+        limit = self.settings.callback_per_host_concurrency
+        if self._session is None or self._stopping or len(self._tasks) >= self.settings.callback_concurrency:
+            self._spawn(self._unclaim(callback))
+        elif self._per_host.get(callback.host, 0) < limit:
+            self._start(callback)
+        else:
+            # The host's slots are busy, usually for a moment: wait for one here, but only briefly and
+            # only a few, so a hanging LMS does not keep claimed rows from the outbox.
+            waiting = self._inline_waiting.setdefault(callback.host, deque())
+            if len(waiting) >= limit:
+                self._spawn(self._unclaim(callback))
+            else:
+                waiting.append((callback, time.monotonic()))
+
+    def _start_waiting(self, host: str) -> None:
+        """A slot of ``host`` is free: start its oldest waiting inline callback (stale ones go back)."""
+        waiting = self._inline_waiting.get(host)
+        while waiting:
+            callback, since = waiting.popleft()
+            if self._stopping or time.monotonic() - since > INLINE_WAIT_SECONDS:
+                self._spawn(self._unclaim(callback))
+                continue
+            self._start(callback)
+            break
+        if not waiting:
+            self._inline_waiting.pop(host, None)
+
+    def _start(self, callback: DueCallback) -> None:
+        task = asyncio.create_task(self._deliver(callback))
+        self._tasks[task] = callback.host
+        self._per_host[callback.host] = self._per_host.get(callback.host, 0) + 1
+        task.add_done_callback(self._task_done)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _unclaim(self, callback: DueCallback) -> None:
+        try:
+            await self.db.unclaim_callback(callback.id)
+        except Exception as exc:  # the row comes back after its invisibility window instead
+            if not isinstance(exc, DatabaseUnavailable):
+                log.warning("could not hand a callback to the outbox", extra={"fields": {
+                    "callback_id": callback.id, **error_fields(exc)}})
+
+    async def _mark_delivered(self, callback_id: int) -> None:
+        """Mark a delivered callback; ids that arrive while a mark runs share the next statement."""
+        self._delivered_ids.append(callback_id)
+        if self._batch_done is None:
+            self._batch_done = asyncio.get_running_loop().create_future()
+            self._batch_done.add_done_callback(_consume_error)
+        batch = self._batch_done
+        if self._marker is None or self._marker.done():
+            self._marker = asyncio.create_task(self._mark_batches())
+        await asyncio.shield(batch)
+
+    async def _mark_batches(self) -> None:
+        while self._delivered_ids:
+            ids, self._delivered_ids = self._delivered_ids, []
+            batch, self._batch_done = self._batch_done, None
+            assert batch is not None
+            try:
+                await self.db.mark_callbacks_delivered(ids)
+            except asyncio.CancelledError:
+                batch.cancel()  # the rows come back after their invisibility window
+                raise
+            except Exception as exc:
+                batch.set_exception(exc)
+            else:
+                batch.set_result(None)
 
     async def run(self) -> None:
         auth = None
@@ -95,13 +194,20 @@ class CallbackDeliverer:
             try:
                 while not self._stopping:
                     await self._run_once()
-                if self._tasks:
-                    await asyncio.wait(list(self._tasks), timeout=self.settings.callback_timeout_seconds)
+                for waiting in self._inline_waiting.values():  # back to the outbox for another replica
+                    for callback, _since in waiting:
+                        self._spawn(self._unclaim(callback))
+                self._inline_waiting.clear()
+                if self._tasks or self._background:
+                    await asyncio.wait([*self._tasks, *self._background],
+                                       timeout=self.settings.callback_timeout_seconds)
             finally:
-                for task in list(self._tasks):
+                self._session = None
+                pending = [*self._tasks, *self._background]
+                for task in pending:
                     task.cancel()
-                if self._tasks:
-                    await asyncio.gather(*self._tasks, return_exceptions=True)
+                if pending:
+                    await asyncio.gather(*pending, return_exceptions=True)
 
     async def _run_once(self) -> None:
         self.wakeup.clear()
@@ -111,17 +217,14 @@ class CallbackDeliverer:
             try:
                 # Invisible long enough for one attempt to finish; a crashed worker's row comes back after.
                 due = await self.db.claim_due_callbacks(
-                    free, self.settings.callback_timeout_seconds + 5, dict(self._per_host),
+                    free, self.settings.callback_timeout_seconds + INVISIBLE_MARGIN_SECONDS, dict(self._per_host),
                     self.settings.callback_per_host_concurrency)
             except DatabaseUnavailable:
                 pass  # a database restart must not kill the worker; the outage is logged once (outage.py)
             except Exception as exc:
                 log.warning("outbox claim failed", extra={"fields": error_fields(exc)})
         for callback in due:
-            task = asyncio.create_task(self._deliver(callback))
-            self._tasks[task] = callback.host
-            self._per_host[callback.host] = self._per_host.get(callback.host, 0) + 1
-            task.add_done_callback(self._task_done)
+            self._start(callback)
         self._report_saturation()
         if (len(due) == free and free > 0) or self._stopping:
             return  # there may be more due right now
@@ -138,6 +241,7 @@ class CallbackDeliverer:
                 self._per_host[host] = left
             else:
                 self._per_host.pop(host, None)
+            self._start_waiting(host)
         self._report_saturation()
         self.wakeup.set()  # a slot is free again
 
@@ -167,7 +271,7 @@ class CallbackDeliverer:
         self.metrics.callback_latency.observe(time.perf_counter() - started)
         try:
             if error is None:
-                await self.db.mark_callback_delivered(callback.id)
+                await self._mark_delivered(callback.id)
                 self.metrics.result_to_delivery.observe(callback.age_seconds)
                 log.info("callback delivered", extra={"fields": {
                     "callback_id": callback.id, "submission_id": callback.submission_id, "kind": callback.kind,
@@ -192,3 +296,12 @@ class CallbackDeliverer:
         except Exception as exc:  # the same; the message of a database error may quote row data
             log.warning("could not record callback outcome", extra={"fields": {
                 "callback_id": callback.id, **error_fields(exc)}})
+
+
+def _consume_error(future: asyncio.Future[None]) -> None:
+    # A batch whose waiters were all cancelled must not be reported as "exception never retrieved".
+    if not future.cancelled():
+        future.exception()
+
+
+DELIVERER_KEY: web.AppKey[CallbackDeliverer] = web.AppKey("xqueue_deliverer", CallbackDeliverer)

@@ -103,18 +103,27 @@ SELECT (SELECT count(*) FROM released) AS released,
 -- name: record_result
 -- Fencing: only the key of the latest pull is accepted. The reply and its callback are stored in one
 -- statement, so a stored result always has its outbox row. $4: the queues the caller may pull (NULL: all).
+-- $5: when set, this process delivers the callback itself right after the commit: the row is stored
+-- already claimed (one attempt, invisible for $5 seconds, like claim_due_callbacks) and nobody is
+-- notified; if the process dies first, the row becomes due again and any replica's outbox retries it.
+-- NULL: an ordinary due row, announced to the outbox workers.
 WITH answered AS (
     UPDATE submissions
        SET state = 'answered', return_time = now(), grader_reply = $3, lease_expires_at = NULL
      WHERE id = $1 AND pullkey = $2 AND state = 'pending' AND ($4::text[] IS NULL OR queue_name = ANY($4::text[]))
     RETURNING id, lms_callback_url, xqueue_header
 ), queued AS (
-    INSERT INTO callbacks (submission_id, kind, url, xqueue_header, xqueue_body)
-    SELECT id, 'grade', lms_callback_url, xqueue_header, $3 FROM answered
-    RETURNING id
+    INSERT INTO callbacks (submission_id, kind, url, xqueue_header, xqueue_body, attempts, next_attempt_at)
+    SELECT id, 'grade', lms_callback_url, xqueue_header, $3, CASE WHEN $5::float8 IS NULL THEN 0 ELSE 1 END,
+           now() + make_interval(secs => coalesce($5::float8, 0))
+      FROM answered
+    RETURNING id, url, host, xqueue_header
 )
 SELECT (SELECT count(*) FROM queued) AS recorded,
-       (SELECT count(*) FROM (SELECT pg_notify('xqueue_callbacks', '') FROM queued) n) AS notified;
+       (SELECT count(*) FROM (SELECT pg_notify('xqueue_callbacks', '') FROM queued WHERE $5::float8 IS NULL) n)
+           AS notified,
+       q.id AS callback_id, q.url, q.host, q.xqueue_header
+  FROM (SELECT 1) AS one LEFT JOIN queued q ON true;
 
 -- name: submission_key_state
 -- A submission outside the caller's queues ($2, NULL: all) is not found, exactly like a missing one.
@@ -185,6 +194,29 @@ WITH done AS (
 UPDATE submissions s SET state = 'delivered', finished_at = now()
   FROM done
  WHERE s.id = done.submission_id AND done.kind = 'grade' AND s.state = 'answered';
+
+-- name: mark_callbacks_delivered
+-- The same for a batch of ids ($1): deliveries finished close together share one statement and commit.
+WITH done AS (
+    UPDATE callbacks SET state = 'delivered', delivered_at = now(), last_error = NULL
+     WHERE id = ANY($1::bigint[]) AND state = 'pending'
+    RETURNING submission_id, kind
+)
+UPDATE submissions s SET state = 'delivered', finished_at = now()
+  FROM done
+ WHERE s.id = done.submission_id AND done.kind = 'grade' AND s.state = 'answered';
+
+-- name: unclaim_callback
+-- A callback claimed by record_result for inline delivery that this process cannot start now (its LMS
+-- host is at its bound, or the server is stopping): the attempt is given back, the row is due at once
+-- and the outbox workers are told.
+WITH released AS (
+    UPDATE callbacks SET attempts = greatest(attempts - 1, 0), next_attempt_at = now()
+     WHERE id = $1 AND state = 'pending'
+    RETURNING id
+)
+SELECT count(*) AS released, (SELECT count(*) FROM (SELECT pg_notify('xqueue_callbacks', '') FROM released) n)
+  FROM released;
 
 -- name: schedule_callback_retry
 UPDATE callbacks SET next_attempt_at = now() + make_interval(secs => $2), last_error = $3
@@ -295,7 +327,9 @@ INSERT INTO sessions (key_hash, account_id, expires_at)
 VALUES ($1, $2, now() + make_interval(secs => $3));
 
 -- name: get_session_account
-SELECT a.id, a.username, a.is_admin, a.is_active, a.pull_queues, a.submit_queues
+-- valid_seconds: how long the session lasts yet (a process may remember it no longer than that).
+SELECT a.id, a.username, a.is_admin, a.is_active, a.pull_queues, a.submit_queues,
+       extract(epoch FROM s.expires_at - now())::float8 AS valid_seconds
   FROM sessions s JOIN accounts a ON a.id = s.account_id
  WHERE s.key_hash = $1 AND s.expires_at > now() AND a.is_active;
 
