@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -116,7 +117,12 @@ def test_import_then_login_with_old_password_and_grade(
         name = key.removeprefix("lms-key-")
         assert callback.path == f"/courses/demo/xqueue/1/{name}/score_update"
         assert callback.raw_header == rows[key]["xqueue_header"]  # the LMS's header, verbatim
-    assert {k: r["state"] for k, r in rows.items()} == {f"lms-key-{n}": "delivered" for n in up.EXPECTED}
+    # The LMS answered 200 to each: they end delivered (the server records that after the reply).
+    deadline = time.monotonic() + 15
+    while {k: r["state"] for k, r in rows.items()} != {f"lms-key-{n}": "delivered" for n in up.EXPECTED}:
+        assert time.monotonic() < deadline, {k: r["state"] for k, r in rows.items()}
+        time.sleep(0.1)
+        rows = {json.loads(r["xqueue_header"])["lms_key"]: r for r in fetch(server, "SELECT * FROM submissions")}
 
     # The LMS keeps submitting with its imported account.
     key, (code, _) = LMSClient(server, up.LMS_USER, up.LMS_PASSWORD).submit("python-3", fake_lms.callback_url("new"))
@@ -190,3 +196,24 @@ def test_unreadable_upstream_is_a_clear_error(xqueue_factory: Callable[..., Serv
     assert empty.returncode == 1 and "cannot read the upstream MySQL database" in empty.stderr, empty.stderr
     unknown = import_xqueue(server, "oracle://x/y")
     assert unknown.returncode == 1 and "unsupported upstream database URL scheme" in unknown.stderr
+
+
+def test_two_imports_at_once_import_everything_once(
+        xqueue_factory: Callable[..., ServerThread], upstream_mysql: str) -> None:
+    server = xqueue_factory()
+    env = {**os.environ, "XQUEUE_DATABASE_URL": server.settings.database_url or ""}
+    runs = [subprocess.Popen([sys.executable, "-m", "xqueue_server.cli", "import-xqueue", upstream_mysql, "--json"],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    reports = []
+    for run in runs:
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err
+        reports.append(json.loads(out))
+    # Each report tells what that run wrote: together, everything once.
+    assert sorted(s["upstream_id"] for r in reports for s in r["submissions"]) == [1, 2, 3, 8]
+    assert sorted(a for r in reports for a in r["accounts"]) == sorted(up.IMPORTED_ACCOUNTS)
+    headers = [r["xqueue_header"] for r in fetch(server, "SELECT xqueue_header FROM submissions")]
+    assert len(headers) == len(set(headers)) == 4
+    assert len(fetch(server, "SELECT id FROM callbacks")) == 1  # the graded one's, once
+    usernames = [r["username"] for r in fetch(server, "SELECT username FROM accounts")]
+    assert len(usernames) == len(set(usernames)) == 3 + 4  # the server's own three, upstream's four

@@ -48,15 +48,19 @@ RETURNING id;
 -- name: import_queue
 INSERT INTO queues (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING name;
 
+-- name: import_lock
+-- Imports run one at a time (their "already here?" check and their inserts belong together); the lock
+-- ends with the transaction.
+SELECT pg_advisory_xact_lock(1481724239);  -- "XQUE" + 2: apart from the migration lock
+
 -- name: import_submission
 -- Kept as upstream had it: arrival time (queue order and age), header and callback URL (the LMS
 -- accepts the grade only with its own key). A graded row ($7 = 'answered') gets its callback in the
--- outbox; $10: its files {filename: storage key}. Skipped when the same submission is here already (a concurrent or repeated import).
+-- outbox; $10: its files {filename: storage key}.
 WITH inserted AS (
     INSERT INTO submissions (queue_name, requester_id, lms_callback_url, xqueue_header, xqueue_body,
                              arrival_time, state, grader_reply, return_time, files)
-    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb
-     WHERE NOT EXISTS (SELECT 1 FROM submissions WHERE queue_name = $1 AND xqueue_header = $4)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)
     RETURNING id, state, lms_callback_url, xqueue_header, grader_reply
 ), queued AS (
     INSERT INTO callbacks (submission_id, kind, url, xqueue_header, xqueue_body)
