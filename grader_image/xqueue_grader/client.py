@@ -6,7 +6,7 @@
 * redirects are never followed: 301/302 (classic "not logged in") and 401/403 (newer servers)
   trigger one re-login and one retry of that request, never more;
 * every reply is the envelope ``{"return_code", "content"}`` or the legacy ``{"success", ...}``;
-* errors come back as values (``Outcome``), so the daemon's loops decide how to back off.
+* errors come back as values (``RequestOutcome``), so the daemon's loops decide how to back off.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import base64
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
@@ -28,16 +28,18 @@ RELOGIN_STATUSES = (301, 302, 401, 403)
 CSRF_COOKIES = ("csrftoken", "edx-csrftoken")
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """Result of one protocol request.
+# ok, rejected (return_code 1), timeout, connection, http (another status), protocol (not an
+# XQueue envelope), login (a re-login failed).
+RequestKind = Literal["ok", "rejected", "timeout", "connection", "http", "protocol", "login"]
 
-    ``kind``: ok, rejected (return_code 1), timeout, connection, http, protocol, login.
-    """
+
+@dataclass(frozen=True)
+class RequestOutcome:
+    """Result of one protocol request (``content``: the envelope's content, or what went wrong)."""
 
     ok: bool
     content: Any
-    kind: str
+    kind: RequestKind
     elapsed: float = 0.0
 
 
@@ -145,7 +147,7 @@ class XQueueClient:
         return None
 
     async def request(self, method: str, path: str, *, params: dict[str, str] | None = None,
-                      data: dict[str, str] | None = None, seconds: float | None = None) -> Outcome:
+                      data: dict[str, str] | None = None, seconds: float | None = None) -> RequestOutcome:
         url = self.server_url + path
         relogged = False
         started = time.monotonic()
@@ -160,27 +162,27 @@ class XQueueClient:
                     status = resp.status
                     text = await resp.text(errors="replace")
             except TimeoutError:
-                return Outcome(False, f"Request to {url} timed out", "timeout", time.monotonic() - started)
+                return RequestOutcome(False, f"Request to {url} timed out", "timeout", time.monotonic() - started)
             except aiohttp.ClientError:
-                return Outcome(False, f"Could not connect to server at {url}", "connection",
+                return RequestOutcome(False, f"Could not connect to server at {url}", "connection",
                                time.monotonic() - started)
             elapsed = time.monotonic() - started
             if status == 200:
                 try:
                     reply = parse_server_reply(text)
                 except ProtocolError as exc:
-                    return Outcome(False, str(exc), "protocol", elapsed)
-                return Outcome(reply.ok, reply.content, "ok" if reply.ok else "rejected", elapsed)
+                    return RequestOutcome(False, str(exc), "protocol", elapsed)
+                return RequestOutcome(reply.ok, reply.content, "ok" if reply.ok else "rejected", elapsed)
             if status in RELOGIN_STATUSES and not relogged:
                 relogged = True
                 self.logged_in = False
                 if await self.login():
                     continue
-                return Outcome(False, "Could not log in", "login", elapsed)
-            return Outcome(False, f"Received unexpected response status code, {status}, calling {url}.",
+                return RequestOutcome(False, "Could not log in", "login", elapsed)
+            return RequestOutcome(False, f"Received unexpected response status code, {status}, calling {url}.",
                            "http", elapsed)
 
-    async def get_submission(self, wait: float | None = None) -> Outcome:
+    async def get_submission(self, wait: float | None = None) -> RequestOutcome:
         """Pull one submission; ``wait`` asks a long-poll capable server to hold the request.
 
         Cancelling this call closes its connection (aiohttp never reuses one whose answer is unread),
@@ -192,8 +194,6 @@ class XQueueClient:
             seconds = self.timeout + float(wait)
         return await self.request("GET", "/xqueue/get_submission/", params=params, seconds=seconds)
 
-    async def put_result(self, form: dict[str, str]) -> Outcome:
+    async def put_result(self, form: dict[str, str]) -> RequestOutcome:
         return await self.request("POST", "/xqueue/put_result/", data=form)
 
-    async def get_queuelen(self) -> Outcome:
-        return await self.request("GET", "/xqueue/get_queuelen/", params={"queue_name": self.queue})

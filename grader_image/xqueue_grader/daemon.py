@@ -1,12 +1,6 @@
 """The grader daemon: N grading slots pulling one queue, health/readiness/metrics, SIGTERM drain.
 
-Pull rhythm per slot:
-* after a submission, pull again immediately;
-* with a long-poll capable server, ``get_submission?wait=S`` holds the request until work arrives;
-  if empty replies come back fast several times in a row the server does not support it, so we
-  fall back to classic polling and probe again later;
-* classic polling sleeps ``poll_min_seconds`` after an empty reply, doubling up to
-  ``poll_max_seconds``; errors back off up to 30 s.
+Pull rhythm per slot: ``polling.py`` (errors back off up to 30 s).
 
 SIGTERM (``request_stop``): readiness turns false, idle pulls are cancelled, submissions being
 graded are finished and their results put, then the process exits 0. Cancelling a pull closes its
@@ -34,57 +28,14 @@ from xqueue_grader.engine import GradingEngine
 from xqueue_grader.handlers import Handler, HandlerContext, build_handlers
 from xqueue_grader.logs import RateLimitedLoopErrors
 from xqueue_grader.metrics import Metrics
+from xqueue_grader.polling import LongPollState, PullKind, next_poll_delay
 from xqueue_grader.protocol import ProtocolError, is_empty_queue, parse_submission, put_result_form
 from xqueue_grader.results import Outcome
 from xqueue_grader.sandbox import SandboxPool, SandboxSettings, prctl, procstate, report
 
 log = logging.getLogger("xqueue_grader.daemon")
 
-# Long-poll detection: this many consecutive fast empty replies mean "not supported".
-FAST_EMPTY_STRIKES = 3
-LONG_POLL_REPROBE_SECONDS = 300.0
 MAX_ERROR_BACKOFF = 30.0
-
-
-def next_poll_delay(current: float, minimum: float, maximum: float) -> float:
-    """Backoff after an empty reply: double, within [minimum, maximum] (pure)."""
-    return min(maximum, max(minimum, current * 2))
-
-
-class LongPollState:
-    """Shared by all slots: whether to send ``wait=`` and what the replies taught us (pure logic)."""
-
-    def __init__(self, wait_seconds: float) -> None:
-        self.wait_seconds = wait_seconds
-        self.fast_empties = 0
-        self.disabled_until = 0.0
-        self.confirmed = False
-
-    def wait(self, now: float) -> float | None:
-        if self.wait_seconds <= 0 or now < self.disabled_until:
-            return None
-        return self.wait_seconds
-
-    def record_empty(self, waited: float | None, elapsed: float, now: float) -> bool:
-        """Note an empty reply; returns True when the slot may poll again without sleeping."""
-        if waited is None:
-            return False
-        if elapsed < min(1.0, waited / 2):
-            self.fast_empties += 1
-            if self.fast_empties >= FAST_EMPTY_STRIKES:
-                self.disabled_until = now + LONG_POLL_REPROBE_SECONDS
-                self.fast_empties = 0
-                self.confirmed = False
-                log.info("server answers immediately: long-poll unsupported, polling instead",
-                         extra={"fields": {"reprobe_in_seconds": LONG_POLL_REPROBE_SECONDS}})
-            return False
-        self.fast_empties = 0
-        self.confirmed = True
-        return True
-
-    def record_work(self, waited: float | None) -> None:
-        if waited is not None:
-            self.fast_empties = 0
 
 
 class GraderDaemon:
@@ -267,7 +218,7 @@ class GraderDaemon:
                 await self._sleep(error_delay)
                 error_delay = min(MAX_ERROR_BACKOFF, error_delay * 2)
 
-    async def _pull_unless_stopped(self) -> tuple[str, Any] | None:
+    async def _pull_unless_stopped(self) -> tuple[PullKind, Any] | None:
         pull = asyncio.ensure_future(self._pull())
         stop = asyncio.ensure_future(self._stopping.wait())
         try:
@@ -281,7 +232,7 @@ class GraderDaemon:
             await pull
         return None
 
-    async def _pull(self) -> tuple[str, Any]:
+    async def _pull(self) -> tuple[PullKind, Any]:
         now = time.monotonic()
         wait = self.long_poll.wait(now)
         outcome = await self.client.get_submission(wait)

@@ -40,11 +40,11 @@ from xqueue_grader.jobs import (
     StaffJob,
     StaffReport,
     StudentJob,
-    TestsReport,
+    SuiteReport,
     Verdict,
     compare_report_from_json,
     staff_report_from_json,
-    tests_report_from_json,
+    suite_report_from_json,
 )
 from xqueue_grader.metrics import Metrics
 from xqueue_grader.protocol import ProtocolError, Submission, parse_body
@@ -135,7 +135,7 @@ class GradingEngine:
             log.error("sandbox failure on student run",
                       extra={"fields": {**ctx, **_run_summary(student_run, staff_side=False)}})
             return R.error_result(_(R.CONTAINER_PROBLEM))
-        student = tests_report_from_json(student_run.results)
+        student = suite_report_from_json(student_run.results)
         if student is None:
             return R.error_result(_(R.RUN_PROBLEM), _(R.COULD_NOT_RUN))
         if student.grader is None or not student.grader.ok or student.submission is None:
@@ -179,12 +179,12 @@ class GradingEngine:
 
 def _memory_error(result: RunResult) -> bool:
     """A run whose module import or tests ended in MemoryError: RLIMIT_AS stopped it."""
-    report = tests_report_from_json(result.results)
+    report = suite_report_from_json(result.results)
     submission = report.submission if report else None
     return submission is not None and "MemoryError" in (submission.exception or "")
 
 
-def _run_summary(run: RunResult, report: StaffReport | TestsReport | None = None,
+def _run_summary(run: RunResult, report: StaffReport | SuiteReport | None = None,
                  staff_side: bool = True) -> dict[str, Any]:
     """What staff need to debug a failed run; goes to logs, never to students.
 

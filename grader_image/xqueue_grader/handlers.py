@@ -25,7 +25,7 @@ import inspect
 import logging
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from xqueue_grader.config import GraderConfig, HandlerSpec
@@ -56,7 +56,6 @@ class HandlerContext:
     limits: Limits
     grader_root: str
     config: GraderConfig | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     async def run_python(self, code: str, files: dict[str, bytes] | None = None,
                          limits: Limits | None = None) -> RunResult:

@@ -175,7 +175,7 @@ class ImportReport:
         return self.status == "ok"
 
 
-class TestRow(NamedTuple):
+class ResultRow(NamedTuple):
     """One test's row ``[short, long, output]`` (a tuple, so rows compare and unpack as such)."""
 
     short: str
@@ -184,12 +184,12 @@ class TestRow(NamedTuple):
 
 
 @dataclass(frozen=True)
-class TestsReport:
+class SuiteReport:
     """One run of every test (the staff answer's or the submission's)."""
 
     grader: ImportReport | None  # None: missing or malformed in the document
     submission: ImportReport | None
-    rows: list[TestRow] | None   # None: missing or malformed (e.g. forged)
+    rows: list[ResultRow] | None   # None: missing or malformed (e.g. forged)
     exceptions: int = 0
 
     @property
@@ -216,7 +216,7 @@ class Prepared:
 @dataclass(frozen=True)
 class StaffReport:
     prepare: Prepared | None
-    tests: TestsReport | None = None
+    tests: SuiteReport | None = None
     default_compare: list[bool] | None = None  # per test: gradelib's own comparison?
 
 
@@ -239,7 +239,7 @@ def import_report_to_json(report: ImportReport) -> dict[str, Any]:
     return document
 
 
-def tests_report_to_json(report: TestsReport) -> dict[str, Any]:
+def suite_report_to_json(report: SuiteReport) -> dict[str, Any]:
     return {
         "grader": import_report_to_json(report.grader or ImportReport()),
         "submission": import_report_to_json(report.submission or ImportReport()),
@@ -249,7 +249,7 @@ def tests_report_to_json(report: TestsReport) -> dict[str, Any]:
 
 
 def staff_report_to_json(report: StaffReport) -> dict[str, Any]:
-    document = tests_report_to_json(report.tests) if report.tests is not None else {}
+    document = suite_report_to_json(report.tests) if report.tests is not None else {}
     if report.prepare is not None:
         prepare: dict[str, Any] = {"status": report.prepare.status}
         if report.prepare.status == "ok":
@@ -289,7 +289,7 @@ def import_report_from_json(data: Any) -> ImportReport | None:
                         stdout=stdout if isinstance(stdout, str) else "")
 
 
-def valid_rows(data: Any) -> list[TestRow] | None:
+def valid_rows(data: Any) -> list[ResultRow] | None:
     """Rows ``[short, long, output]``, or None when any row is malformed."""
     if not isinstance(data, list):
         return None
@@ -300,18 +300,18 @@ def valid_rows(data: Any) -> list[TestRow] | None:
         short, long, output = row
         if not isinstance(short, str) or not isinstance(output, str) or not (long is None or isinstance(long, str)):
             return None
-        rows.append(TestRow(short, long, output))
+        rows.append(ResultRow(short, long, output))
     return rows
 
 
-def tests_report_from_json(data: Any) -> TestsReport | None:
+def suite_report_from_json(data: Any) -> SuiteReport | None:
     if not isinstance(data, dict):
         return None
     exceptions = data.get("exceptions")
     if isinstance(exceptions, bool) or not isinstance(exceptions, int):
         # Anything but a count: something went wrong, how often is unknown.
         exceptions = 1 if exceptions else 0
-    return TestsReport(grader=import_report_from_json(data.get("grader")),
+    return SuiteReport(grader=import_report_from_json(data.get("grader")),
                        submission=import_report_from_json(data.get("submission")),
                        rows=valid_rows(data.get("results")),
                        exceptions=exceptions)
@@ -336,7 +336,7 @@ def staff_report_from_json(data: Any) -> StaffReport | None:
     if not isinstance(defaults, list) or not all(isinstance(d, bool) for d in defaults):
         defaults = None
     return StaffReport(prepare=prepared_from_json(data.get("prepare")),
-                       tests=tests_report_from_json(data) if "grader" in data else None,
+                       tests=suite_report_from_json(data) if "grader" in data else None,
                        default_compare=defaults)
 
 

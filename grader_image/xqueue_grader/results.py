@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from xqueue_grader.jobs import TestRow, Verdict
+from xqueue_grader.jobs import ResultRow, Verdict
 from xqueue_grader.sandbox.runs import KillReason
 
 Translate = Callable[[str], str]
@@ -250,8 +250,8 @@ class Pairing:
     error: str | None = None
 
 
-def pair_rows(expected: Sequence[TestRow | tuple[str, str | None, str]],
-              actual: Sequence[TestRow | tuple[str, str | None, str]], _: Translate) -> Pairing:
+def pair_rows(expected: Sequence[ResultRow | tuple[str, str | None, str]],
+              actual: Sequence[ResultRow | tuple[str, str | None, str]], _: Translate) -> Pairing:
     if len(expected) != len(actual):
         return Pairing(error=_(DIFFERENT_COUNTS))
     rows = []

@@ -31,7 +31,17 @@ from xqueue_grader.results import GradeResult
 from xqueue_grader.sandbox import Limits, SandboxPool
 
 from . import as_user
-from .conftest import ABUSE_COURSE, EXAMPLES, SECRET_ENV_VALUE, SESSION_UID, TEST_LIMITS, lms_body, sandbox_settings
+from .helpers import (
+    ABUSE_COURSE,
+    EXAMPLES,
+    SECRET_ENV_VALUE,
+    SESSION_UID,
+    TEST_LIMITS,
+    free_port,
+    lms_body,
+    sandbox_settings,
+    wait_until,
+)
 
 HERE = Path(__file__).resolve().parent
 # Child processes import the very package these tests import (not whatever is installed).
@@ -195,14 +205,6 @@ async def start_target(mode: str, **kwargs: Any) -> LocalTarget | RemoteTarget:
     return await target.start()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class DaemonProcess:
     """The real ``xqueue-grader run`` against an XQueue server: as root with student code under
     the session's sandbox uid (root mode), or wholly as the unprivileged uid (same-uid mode)."""
@@ -279,19 +281,21 @@ class DaemonProcess:
 
     async def wait_status(self, path: str, status: int, seconds: float) -> dict[str, Any]:
         """Poll ``path`` until it answers ``status`` (bounded); returns that answer's body."""
-        deadline = asyncio.get_running_loop().time() + seconds
-        last: object = None
-        while asyncio.get_running_loop().time() < deadline:
+        last: list[object] = [None]
+
+        async def answered() -> tuple[dict[str, Any]] | None:
             assert self.proc is not None and self.proc.poll() is None, "the daemon exited"
             try:
                 code, body = await self.get(path)
-                last = (code, body)
-                if code == status:
-                    return body
             except (TimeoutError, OSError) as exc:
-                last = exc
-            await asyncio.sleep(0.2)
-        raise AssertionError(f"{path} did not answer {status} within {seconds} s; last: {last!r}")
+                last[0] = exc
+                return None
+            last[0] = (code, body)
+            return (body,) if code == status else None
+
+        (body,) = await wait_until(answered, seconds, f"{path} to answer {status}", interval=0.2,
+                                   detail=lambda: last[0])
+        return body
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

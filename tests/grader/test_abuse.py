@@ -18,7 +18,7 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,8 +28,17 @@ from xqueue_grader.engine import GradingEngine
 from xqueue_grader.results import GradeResult
 from xqueue_grader.sandbox import SandboxPool
 
-from .conftest import ABUSE_COURSE, EXAMPLES, SECRET_ENV_VALUE, SESSION_UID, TEST_LIMITS, grade, lms_body
 from .fake_xqueue import FakeXQueue
+from .helpers import (
+    ABUSE_COURSE,
+    EXAMPLES,
+    SECRET_ENV_VALUE,
+    SESSION_UID,
+    TEST_LIMITS,
+    grade,
+    lms_body,
+    wait_until,
+)
 from .targets import MODES, DaemonProcess, LocalTarget, RemoteTarget, prlimit, start_target
 
 PROBE = "probe/grade_probe.py"
@@ -78,12 +87,9 @@ def sandbox_processes(exclude: set[int]) -> list[int]:
 
 async def assert_no_leftovers(pool: SandboxPool) -> None:
     zygote = {pool.zygote_pid or -1}
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if not sandbox_processes(zygote):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"processes left running: {sandbox_processes(zygote)}")
+    # Looked up at each call: the in-pod adapter replaces sandbox_processes in this module.
+    await wait_until(lambda: not sandbox_processes(zygote), 5, "no sandbox process left running",
+                     detail=lambda: f"processes left running: {sandbox_processes(zygote)}")
 
 
 async def assert_still_serving(engine: GradingEngine, pool: SandboxPool) -> None:
@@ -1037,13 +1043,6 @@ async def test_a_zygote_with_changed_limits_is_replaced(fresh_target: LocalTarge
 # -- the real daemon, as root or as one unprivileged uid ----------------------------------------------
 
 
-@pytest.fixture
-async def fake_xqueue() -> AsyncIterator[FakeXQueue]:
-    server = await FakeXQueue().start()
-    yield server
-    await server.stop()
-
-
 @pytest.fixture(params=MODES)
 async def real_daemon(request: pytest.FixtureRequest, fake_xqueue: FakeXQueue) -> AsyncIterator[object]:
     daemons: list[DaemonProcess] = []
@@ -1061,10 +1060,7 @@ async def real_daemon(request: pytest.FixtureRequest, fake_xqueue: FakeXQueue) -
 
 
 async def graded(fake: FakeXQueue, submission_id: int, seconds: float = 30) -> dict[str, object]:
-    deadline = time.monotonic() + seconds
-    while not fake.result_for(submission_id):
-        assert time.monotonic() < deadline, f"submission {submission_id} was not graded"
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: fake.result_for(submission_id), seconds, f"submission {submission_id} to be graded")
     (body,) = fake.result_for(submission_id)
     return body
 
@@ -1121,7 +1117,8 @@ async def test_the_daemon_notices_its_own_limits_changing(real_daemon: object) -
     try:
         # Soft limit only: any process can put that back, and the daemon does.
         prlimit(daemon.pid, nofile, (cut, original[1]))
-        await wait_until(lambda: prlimit(daemon.pid, nofile) == original, 10)
+        await wait_until(lambda: prlimit(daemon.pid, nofile) == original, 10, "the daemon to restore its limit",
+                         interval=0.1)
         await daemon.wait_status("/healthz", 200, 10)
         # The hard limit too: a daemon that may raise it again (privileged) does; otherwise the
         # pod must be restarted, and liveness says so.
@@ -1136,10 +1133,7 @@ async def test_the_daemon_notices_its_own_limits_changing(real_daemon: object) -
                 return True
             return False
 
-        deadline = time.monotonic() + 10
-        while not await settled():
-            assert time.monotonic() < deadline, "liveness does not reflect the daemon's changed limits"
-            await asyncio.sleep(0.2)
+        await wait_until(settled, 10, "liveness to reflect the daemon's changed limits", interval=0.2)
         restored, body = outcome
         if not restored:
             assert "RLIMIT_NOFILE" in body["status"], body  # type: ignore[index]
@@ -1152,13 +1146,6 @@ async def test_the_daemon_notices_its_own_limits_changing(real_daemon: object) -
     if put_back:
         await daemon.wait_status("/healthz", 200, 10)
     assert sum("changed from outside" in line["msg"] for line in daemon.log_lines()) <= 3
-
-
-async def wait_until(predicate: Callable[[], bool], seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
 
 
 async def test_running_out_of_file_descriptors_is_logged_once(real_daemon: object) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import socket
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -13,13 +12,6 @@ from xqueue_grader.client import XQueueClient
 from xqueue_grader.protocol import parse_submission
 
 from .fake_xqueue import FakeXQueue
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeXQueue]:
-    server = await FakeXQueue().start()
-    yield server
-    await server.stop()
 
 
 def client_for(fake: FakeXQueue, **kwargs: object) -> XQueueClient:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from . import as_user
+from .helpers import git
 from .targets import PACKAGE_PARENT, SAME_UID, chown_tree
-from .test_fetch_course import git
 
 
 @pytest.fixture

@@ -17,35 +17,15 @@ import aiohttp
 import pytest
 import yaml
 
-from xqueue_grader.config import GraderConfig, config_from_sources
+from xqueue_grader.config import GraderConfig
 from xqueue_grader.daemon import GraderDaemon
 from xqueue_grader.launch import grader_env, start_subprocess
 from xqueue_grader.sandbox import SandboxPool
 
-from .conftest import EXAMPLES, SESSION_UID, lms_body
 from .fake_xqueue import FakeXQueue
+from .helpers import EXAMPLES, SESSION_UID, SQUARE, daemon_config, lms_body, wait_exit, wait_until
 
-SQUARE = "square/grade_square.py"
 SQUARE_OK = "def square(x):\n    return x * x\n"
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeXQueue]:
-    server = await FakeXQueue().start()
-    yield server
-    await server.stop()
-
-
-def daemon_config(fake: FakeXQueue, **overrides: Any) -> GraderConfig:
-    data: dict[str, Any] = {
-        "queue": fake.queue, "server_url": fake.url, "username": fake.username, "password": fake.password,
-        "grader_root": EXAMPLES, "slots": 2, "http_host": "127.0.0.1", "http_port": 0,
-        "long_poll_seconds": 0, "poll_min_seconds": 0.1, "poll_max_seconds": 0.4, "drain_seconds": 10,
-        "sandbox_uid": SESSION_UID,
-        "limits": {"cpu_seconds": 2, "wall_seconds": 4},
-    }
-    data.update(overrides)
-    return config_from_sources({}, data)
 
 
 @pytest.fixture
@@ -190,19 +170,6 @@ def start_grader(fake: FakeXQueue, tmp_path: Path, **env_overrides: str) -> subp
     return start_subprocess(env, stderr=log)
 
 
-async def wait_for(predicate: Any, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def wait_exit(proc: subprocess.Popen[bytes], seconds: float) -> int:
-    await wait_for(lambda: proc.poll() is not None, seconds, "the grader to exit")
-    return int(proc.returncode)
-
-
 def log_lines(tmp_path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (tmp_path / "grader.log").read_text().splitlines() if line.strip()]
 
@@ -211,7 +178,7 @@ async def test_sigterm_finishes_in_flight_grading_then_exits_zero(fake: FakeXQue
     slow = fake.submit(lms_body(SQUARE, "import time\ntime.sleep(2)\n" + SQUARE_OK))
     proc = start_grader(fake, tmp_path)
     try:
-        await wait_for(lambda: slow in fake.pulled, 20, "the slow submission to be pulled")
+        await wait_until(lambda: slow in fake.pulled, 20, "the slow submission to be pulled")
         await asyncio.sleep(0.3)  # it is being graded now
         proc.send_signal(signal.SIGTERM)
         later = fake.submit(lms_body(SQUARE, SQUARE_OK))
@@ -231,7 +198,7 @@ async def test_drain_deadline_abandons_work_and_still_exits_zero(fake: FakeXQueu
     stuck = fake.submit(lms_body(SQUARE, "import time\ntime.sleep(6)\n" + SQUARE_OK))
     proc = start_grader(fake, tmp_path, XQGRADER_DRAIN_SECONDS="1")
     try:
-        await wait_for(lambda: stuck in fake.pulled, 20, "the submission to be pulled")
+        await wait_until(lambda: stuck in fake.pulled, 20, "the submission to be pulled")
         stopped = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert await wait_exit(proc, 15) == 0

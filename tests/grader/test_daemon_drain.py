@@ -20,9 +20,8 @@ from xqueue_grader.daemon import GraderDaemon
 from xqueue_grader.launch import grader_env, start_subprocess
 from xqueue_grader.sandbox import SandboxPool
 
-from .conftest import EXAMPLES, SESSION_UID
 from .fake_xqueue import FakeXQueue
-from .test_daemon import daemon_config, wait_exit, wait_for
+from .helpers import EXAMPLES, SESSION_UID, daemon_config, wait_exit, wait_until
 
 LONG_POLL = 30  # seconds the server may hold a poll; every wait here is far shorter
 
@@ -64,10 +63,10 @@ async def test_drain_closes_parked_long_polls_at_once(parking: ParkingXQueue, sa
     daemon = GraderDaemon(daemon_config(parking, long_poll_seconds=LONG_POLL, slots=2), pool=sandbox_pool)
     await daemon.start()
     try:
-        await wait_for(lambda: parking.parked == 2, 10, "both slots to park a long-poll")
+        await wait_until(lambda: parking.parked == 2, 10, "both slots to park a long-poll")
         stopped = time.monotonic()
         daemon.request_stop()
-        await wait_for(lambda: len(parking.closed_at) == 2, 5, "the server to see both polls closed")
+        await wait_until(lambda: len(parking.closed_at) == 2, 5, "the server to see both polls closed")
         assert max(parking.closed_at) - stopped < 0.5
     finally:
         status = await daemon.shutdown()
@@ -87,10 +86,10 @@ def start_long_polling_grader(fake: FakeXQueue, tmp_path: Path) -> subprocess.Po
 async def test_sigterm_with_a_parked_long_poll_exits_fast(parking: ParkingXQueue, tmp_path: Path) -> None:
     proc = start_long_polling_grader(parking, tmp_path)
     try:
-        await wait_for(lambda: parking.parked == 1, 20, "the grader to park a long-poll")
+        await wait_until(lambda: parking.parked == 1, 20, "the grader to park a long-poll")
         stopped = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        await wait_for(lambda: len(parking.closed_at) == 1, 5, "the server to see the poll closed")
+        await wait_until(lambda: len(parking.closed_at) == 1, 5, "the server to see the poll closed")
         closed = parking.closed_at[0] - stopped
         assert await wait_exit(proc, 10) == 0
         exited = time.monotonic() - stopped

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -21,16 +20,9 @@ from tests.integration.clients import LMSClient
 from xqueue_grader.launch import grader_env, start_subprocess
 from xqueue_server.testing import Callback, FakeLMS, ServerThread
 
-from .conftest import EXAMPLES, SESSION_UID, lms_body
+from .helpers import EXAMPLES, SESSION_UID, SQUARE, free_port, lms_body, wait_until_blocking
 
-SQUARE = "square/grade_square.py"
 SQUARE_OK = "def square(x):\n    return x * x\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def create_queue(server: ServerThread, name: str) -> None:
@@ -153,15 +145,12 @@ def test_sigterm_during_grading_loses_and_duplicates_nothing(xqueue_factory: Cal
 
     first, _ = grader_process(server, queue, slots=2, wall=6, name="first")
     # Wait until the first grader is in the middle of grading, then stop it.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    def grading() -> bool:
         queued = requests.get(f"{server.url}/api/v1/queues/{queue}/length",
                               auth=(server.admin.username, server.admin.password), timeout=5).json()
-        if queued["in_flight"] >= 1:
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("the first grader never pulled")
+        return bool(queued["in_flight"] >= 1)
+
+    wait_until_blocking(grading, 30, "the first grader to pull a submission")
     time.sleep(0.5)
     first.send_signal(signal.SIGTERM)
     assert first.wait(30) == 0

@@ -9,8 +9,9 @@ import pytest
 
 from xqueue_grader import results as R
 from xqueue_grader.engine import GradingEngine
+from xqueue_grader.protocol import Submission
 
-from .conftest import EXAMPLES, TEST_LIMITS, grade
+from .helpers import EXAMPLES, TEST_LIMITS, grade, lms_body
 
 PROBLEMS = {
     "hello_function": "hello_function/grade_hello_function.py",
@@ -38,6 +39,22 @@ async def test_demo_problem_grades_the_demo_submissions(engine: GradingEngine) -
     assert incorrect.score == 0 and not incorrect.errors
     broken = await grade(engine, PROBLEMS["hello_function"], "def hello(name)\n    return name\n")
     assert "SyntaxError" in broken.errors[0]
+
+
+@pytest.mark.parametrize(("code", "outcome"), [
+    ("def square(x):\n    return x * x\n", R.Outcome.CORRECT),
+    ("def square(x):\n    return x + x\n", R.Outcome.INCORRECT),
+    ("def square(x)\n", R.Outcome.ERROR),
+])
+async def test_the_engine_answers_with_the_reply_and_its_outcome(engine: GradingEngine, code: str,
+                                                                 outcome: R.Outcome) -> None:
+    submission = Submission(header='{"submission_id": 1}', body=lms_body(PROBLEMS["square"], code), files="")
+    graded = await engine.grade_submission(submission)
+    assert graded.outcome == outcome
+    assert set(graded.reply) == {"correct", "score", "msg"}
+    # The daemon no longer reads the outcome back from the HTML; where it still must (custom
+    # handlers' replies), reading it back agrees with what the engine knew.
+    assert R.outcome_of(graded.reply) == outcome
 
 
 async def test_wrong_function_gets_partial_score(engine: GradingEngine) -> None:

@@ -12,13 +12,7 @@ import pytest
 
 from xqueue_grader.fetch import FetchError, FetchSettings, fetch_course, redact_url, settings_from_env
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.org", "HOME": "/tmp", "PATH": os.environ.get("PATH", "")}
-
-
-def git(cwd: Path, *args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, capture_output=True, text=True, check=True)
-    return done.stdout.strip()
+from .helpers import git
 
 
 @pytest.fixture

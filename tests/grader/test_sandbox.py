@@ -19,7 +19,7 @@ from xqueue_grader.jobs import job_from_json
 from xqueue_grader.sandbox import Limits, RunResult, SandboxPool
 from xqueue_grader.sandbox.limits import rlimit_pairs
 
-from .conftest import EXAMPLES, SESSION_UID, TEST_LIMITS, sandbox_settings
+from .helpers import EXAMPLES, SESSION_UID, TEST_LIMITS, sandbox_settings
 
 
 def exists(path: str) -> bool:

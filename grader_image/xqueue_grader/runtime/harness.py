@@ -42,17 +42,17 @@ from xqueue_grader.jobs import (
     ImportReport,
     JobError,
     Prepared,
+    ResultRow,
     ScriptJob,
     StaffJob,
     StaffReport,
     StudentJob,
-    TestRow,
-    TestsReport,
+    SuiteReport,
     Verdict,
     compare_report_to_json,
     job_from_json,
     staff_report_to_json,
-    tests_report_to_json,
+    suite_report_to_json,
 )
 from xqueue_grader.runtime import gradelib
 
@@ -183,7 +183,7 @@ def _import_grader(grader: GraderCode) -> tuple[types.ModuleType | None, ImportR
     return import_captured(grader.name, grader.source, grader.name + ".py", grader.output_limit, True)
 
 
-def run_tests(grader_code: GraderCode, code: str, harness_pid: int) -> TestsReport:
+def run_tests(grader_code: GraderCode, code: str, harness_pid: int) -> SuiteReport:
     """Import a fresh grader and ``code`` as the submission module; run every test."""
     limit = grader_code.output_limit
     sub_file = SUBMISSION_MODULE + ".py"
@@ -200,9 +200,9 @@ def run_tests(grader_code: GraderCode, code: str, harness_pid: int) -> TestsRepo
     else:
         exceptions += 1
     if not grader_report.ok or grader is None:
-        return TestsReport(grader=grader_report, submission=ImportReport(), rows=[], exceptions=exceptions)
+        return SuiteReport(grader=grader_report, submission=ImportReport(), rows=[], exceptions=exceptions)
 
-    rows: list[TestRow] = []
+    rows: list[ResultRow] = []
     submission, submission_report = import_captured(SUBMISSION_MODULE, code, sub_file, limit, False)
     _guard_pid(harness_pid)
     if submission is not None and submission_report.ok:
@@ -223,7 +223,7 @@ def run_tests(grader_code: GraderCode, code: str, harness_pid: int) -> TestsRepo
                 if test_output and not test_output.endswith("\n"):
                     test_output += "\n"
                 test_output += exception_output
-                rows.append(TestRow(_text(test.short_description), _opt_text(test.detailed_description), test_output))
+                rows.append(ResultRow(_text(test.short_description), _opt_text(test.detailed_description), test_output))
         except BaseException:
             _guard_pid(harness_pid)
             grader_report = replace(grader_report, status="error", exception=format_exception())
@@ -237,7 +237,7 @@ def run_tests(grader_code: GraderCode, code: str, harness_pid: int) -> TestsRepo
         uncaught = 0
     if uncaught:
         submission_report = replace(submission_report, status="caught", exception=builtins_gettext(INTERFERED))
-    return TestsReport(grader=grader_report, submission=submission_report, rows=rows, exceptions=exceptions)
+    return SuiteReport(grader=grader_report, submission=submission_report, rows=rows, exceptions=exceptions)
 
 
 def builtins_gettext(message: str) -> str:
@@ -270,7 +270,7 @@ def run_staff(job: StaffJob, harness_pid: int) -> StaffReport:
         # The course grader itself is broken: a staff problem, not the submission's.
         exception = grader_report.exception or "grader module defines no 'grader'"
         return StaffReport(prepare=Prepared(status="grader_error", exception=exception),
-                           tests=TestsReport(grader=grader_report, submission=None, rows=None))
+                           tests=SuiteReport(grader=grader_report, submission=None, rows=None))
     grader = grader_mod.grader
     try:
         with captured_stdout(limit):
@@ -369,7 +369,7 @@ def main(document: dict[str, Any], channel_fd: int) -> int:
     if isinstance(job, StaffJob):
         report = staff_report_to_json(run_staff(job, harness_pid))
     elif isinstance(job, StudentJob):
-        report = tests_report_to_json(run_tests(job.grader, job.code, harness_pid))
+        report = suite_report_to_json(run_tests(job.grader, job.code, harness_pid))
     else:
         report = compare_report_to_json(run_compare(job))
     _guard_pid(harness_pid)
