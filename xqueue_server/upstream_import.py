@@ -34,6 +34,7 @@ MAX_BODY_BYTES = 2_500_000
 # Upstream's stand-in when a submission's {filename: URL} did not fit its column: the URL of a JSON
 # document {"files": {filename: URL}, "keys": {...}}.
 EXTERNAL_DICT_NAME = "URL_FOR_EXTERNAL_DICTS"
+REPORT_MAX_SUBMISSIONS = 100  # listed one per line in the text report
 
 
 @dataclass(frozen=True)
@@ -285,12 +286,15 @@ def render_report(plan: ImportPlan, *, dry_run: bool) -> str:
         flags = [f for f, on in (("admin", account.is_admin), ("inactive", not account.is_active)) if on]
         lines.append(f"  account  {account.username}{' (' + ', '.join(flags) + ')' if flags else ''}")
     lines.extend(f"  queue    {name}" for name in plan.queues)
-    for sub in plan.submissions:
+    for sub in plan.submissions[:REPORT_MAX_SUBMISSIONS]:
         how = ("graded, callback to deliver" if sub.state == "answered"
                else "was with a grader that never answered: graded again" if sub.was_pulled else "waiting")
         count = len(sub.files or sub.file_urls)
         lines.append(f"  submission #{sub.upstream_id} -> {sub.queue_name}: {how}"
                      + (f", {count} file(s)" if count else ""))
+    if len(plan.submissions) > REPORT_MAX_SUBMISSIONS:  # every skipped one is still listed below
+        more = len(plan.submissions) - REPORT_MAX_SUBMISSIONS
+        lines.append(f"  ... and {more} more submission(s) (--json lists all)")
     if plan.unchanged:
         lines.append(f"already here: {len(plan.unchanged)} (left as they are)")
     lines.append(f"skipped: {len(plan.skipped)}")

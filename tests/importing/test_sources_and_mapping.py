@@ -157,3 +157,19 @@ def _rows() -> UpstreamData:
                "arrival_time", "pull_time", "push_time", "return_time", "grader_reply")
     subs = [tuple(r[c] for c in columns) for r in up.submissions(CALLBACK) if not r["retired"]]
     return to_data(users, [("watcher", "graders")], subs)
+
+
+def test_text_report_lists_at_most_a_hundred_submissions_but_every_skip() -> None:
+    from dataclasses import replace
+
+    from xqueue_server.upstream_import import render_report
+    data = _rows()
+    many = [replace(data.submissions[1], id=1000 + i, lms_callback_url=CALLBACK(i),
+                    xqueue_header=json.dumps({"lms_callback_url": CALLBACK(i), "lms_key": str(i), "queue_name": "q"}))
+            for i in range(150)]
+    plan = plan_import(UpstreamData(users=[], submissions=many + data.submissions), Existing())
+    report = render_report(plan, dry_run=False)
+    assert report.startswith("imported 0 account(s), 2 queue(s), 154 submission(s)")  # 150 + the test data's 4
+    assert len([line for line in report.splitlines() if line.startswith("  submission #") and " -> " in line]) == 100
+    assert "... and 54 more submission(s)" in report
+    assert report.count("\n  submission ") == 100 + 3  # and the 3 skipped ones, each listed with its reason
