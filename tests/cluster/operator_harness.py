@@ -149,14 +149,15 @@ class Rest:
 
 
 @contextlib.contextmanager
-def running_operator(namespace: str, *, timeout: float = 60) -> Iterator[KopfRunner]:
-    """The real operator in this process (own thread and loop), watching one namespace.
+def running_operator(namespace: str, *more: str, timeout: float = 60) -> Iterator[KopfRunner]:
+    """The real operator in this process (own thread and loop), watching the given namespaces.
 
     On exit it checks that the operator stopped cleanly and logged no traceback: an exception
     swallowed inside a handler or a background task fails the test here.
     """
-    args = ["run", "--standalone", "--namespace", namespace, "-m", "coursegrader_operator.handlers",
-            "--verbose"]
+    args = ["run", "--standalone", "-m", "coursegrader_operator.handlers", "--verbose"]
+    for ns in (namespace, *more):
+        args += ["--namespace", ns]
     runner = KopfRunner(args, timeout=timeout, settings=kopf.OperatorSettings())
     with runner:
         yield runner
