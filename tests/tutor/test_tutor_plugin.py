@@ -257,3 +257,27 @@ def test_init_task_creates_the_lms_account_the_lms_settings_use(
 
 def test_plugin_is_listed_by_tutor(rendered: Path) -> None:
     assert PLUGIN in config(rendered)["PLUGINS"]
+
+
+# A stand-in for tutor-xqueue's settings role: a single-file Tutor plugin named "xqueue" that sets
+# XQUEUE_INTERFACE in the common settings patch, exactly where tutor-xqueue sets it.
+FAKE_TUTOR_XQUEUE = '''
+from tutor import hooks
+hooks.Filters.ENV_PATCHES.add_item(("openedx-common-settings", """
+XQUEUE_INTERFACE = {"url": "http://xqueue:8000", "django_auth": {"username": "lms", "password": "old"}}
+"""))
+'''
+
+
+def test_with_tutor_xqueue_still_enabled_the_lms_uses_xqueue_k8s_and_tutor_warns(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "plugins-root").mkdir(parents=True)
+    (root / "plugins-root" / "xqueue.py").write_text(FAKE_TUTOR_XQUEUE)
+    render(root, also_enable=("xqueue",))
+    assert {"xqueue", PLUGIN} <= set(config(root)["PLUGINS"])
+    settings = root / "env" / "apps" / "openedx" / "settings"
+    lms = settings / "lms" / "production.py"
+    assert "http://xqueue:8000" in lms.read_text()     # the old plugin's setting is rendered...
+    for path in (lms, settings / "cms" / "production.py"):
+        assert settings_value(path, "XQUEUE_INTERFACE")["url"] == "http://xqueue-server:18040"   # ...and overridden
+    assert "tutor plugins disable xqueue" in (root / "config-save.log").read_text()

@@ -39,17 +39,20 @@ def run_tutor(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def render(root: Path, settings: dict[str, str] | None = None) -> Path:
+def render(root: Path, settings: dict[str, str] | None = None, also_enable: tuple[str, ...] = ()) -> Path:
+    """Enable the plugin (and `also_enable`) in a fresh TUTOR_ROOT and save the config; the output of
+    the last `tutor config save` is kept in root/config-save.log."""
     root.mkdir(parents=True, exist_ok=True)
     listed = run_tutor(root, "plugins", "list").stdout
     if PLUGIN not in listed:
         raise AssertionError(f"the {PLUGIN} plugin is not installed in this venv (pip install -e {PLUGIN_DIR}; "
                              f"`make setup` does it):\n{listed}")
-    run_tutor(root, "plugins", "enable", PLUGIN)
+    run_tutor(root, "plugins", "enable", PLUGIN, *also_enable)
     sets: list[str] = []
     for key, value in (settings or {}).items():
         sets += ["--set", f"{key}={value}"]
-    run_tutor(root, "config", "save", *sets)
+    done = run_tutor(root, "config", "save", *sets)
+    (root / "config-save.log").write_text(done.stdout + done.stderr)
     return root
 
 
