@@ -19,7 +19,7 @@ from .config import OperatorConfig
 from .drift import comparable, find_drift
 from .kube import ApiError, KubeClient
 from .provisioning import Provisioner, secret_digest
-from .resources import ObjectNames, build_objects, selector_labels
+from .resources import ObjectNames, build_deployment, build_objects, child_name, selector_labels
 from .scaling import DELETION_COST_ANNOTATION, deletion_costs, target_replicas
 from .spec import CourseGraderSpec, SpecError, parse_spec, validate_name
 from .state import Course
@@ -97,7 +97,7 @@ class Reconciler:
 
     async def _read(self, c: Course, kind: str) -> dict[str, Any] | None:
         m = C.MANAGED_BY_KIND[kind]
-        return await self.kube.get(m.api_version, kind, c.key[0], ObjectNames.for_owner(c.key[1]).name_for(kind))
+        return await self.kube.get(m.api_version, kind, c.key[0], child_name(c.key[1], kind))
 
     async def _apply_all(self, c: Course, spec: CourseGraderSpec, drift: Sequence[str]) -> bool:
         """Make every managed object match the spec; returns whether credentials need another look.
@@ -199,7 +199,7 @@ class Reconciler:
         if replicas == c.applied.replicas and c.applied.desired.get("Deployment") is not None:
             return  # nothing to change (the proposal went back meanwhile)
         await self.mark_pod_deletion_costs(c, c.applied.replicas, replicas)
-        deployment = build_objects(c.owner, spec, replicas, self.config)["Deployment"]
+        deployment = build_deployment(c.owner, spec, replicas)
         applied = await self.kube.apply(deployment)
         c.applied.seen_rv["Deployment"] = applied.get("metadata", {}).get("resourceVersion", "")
         c.applied.desired["Deployment"] = deployment
@@ -270,7 +270,7 @@ class Reconciler:
             # A change to the provisioned Secret that is not our own write: the account must follow
             # it (a new password is pushed to the server; a broken Secret is regenerated). A Secret
             # re-listed after a watch restart, with the same data, is no change.
-            if spec.server.provision and name == ObjectNames.for_owner(c.key[1]).secret \
+            if spec.server.provision and name == child_name(c.key[1], "Secret") \
                     and secret_digest(body) != c.provision.secret_digest:
                 return ".data"
             return None

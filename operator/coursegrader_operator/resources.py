@@ -39,6 +39,11 @@ class Owner:
         return cls(name=meta["name"], namespace=meta["namespace"], uid=meta.get("uid", ""))
 
 
+def child_name(owner_name: str, kind: str) -> str:
+    """The name of a CourseGrader's child of the given kind (suffixes from constants.MANAGED)."""
+    return f"{owner_name}-{C.MANAGED_BY_KIND[kind].name_suffix}"
+
+
 @dataclass(frozen=True)
 class ObjectNames:
     deployment: str
@@ -49,18 +54,10 @@ class ObjectNames:
 
     @classmethod
     def for_owner(cls, owner_name: str) -> ObjectNames:
-        def name(kind: str) -> str:
-            return f"{owner_name}-{C.MANAGED_BY_KIND[kind].name_suffix}"
-
-        return cls(deployment=name("Deployment"), service_account=name("ServiceAccount"),
-                   network_policy=name("NetworkPolicy"), config_map=name("ConfigMap"),
-                   secret=name("Secret"))
-
-    def name_for(self, kind: str) -> str:
-        return {
-            "Deployment": self.deployment, "ServiceAccount": self.service_account,
-            "NetworkPolicy": self.network_policy, "ConfigMap": self.config_map, "Secret": self.secret,
-        }[kind]
+        return cls(deployment=child_name(owner_name, "Deployment"),
+                   service_account=child_name(owner_name, "ServiceAccount"),
+                   network_policy=child_name(owner_name, "NetworkPolicy"),
+                   config_map=child_name(owner_name, "ConfigMap"), secret=child_name(owner_name, "Secret"))
 
 
 def grader_username(owner: Owner, spec: CourseGraderSpec) -> str:
