@@ -43,6 +43,7 @@ from xqueue_grader.jobs import (
     SuiteReport,
     Verdict,
     compare_report_from_json,
+    job_mode,
     staff_report_from_json,
     suite_report_from_json,
 )
@@ -112,7 +113,7 @@ class GradingEngine:
         grader = GraderCode(name=problem.module_name, source=problem.grader_source,
                             seed=secrets.randbelow(SEED_RANGE), translations=catalogue,
                             output_limit=int(limits.output_kb) * 1024)
-        staff_run = await self._run("staff", StaffJob(grader, answer=problem.answer, submission=response), limits)
+        staff_run = await self._run(StaffJob(grader, answer=problem.answer, submission=response), limits)
         staff = staff_report_from_json(staff_run.results)
         prepare = staff.prepare if staff else None
         if prepare is not None and prepare.status == "ok" and prepare.input_errors:
@@ -127,7 +128,7 @@ class GradingEngine:
             return R.error_result(_(R.STAFF_PROBLEM))
         expected = staff.tests.rows or []
 
-        student_run = await self._run("student", StudentJob(grader, code=prepare.processed_submission), limits)
+        student_run = await self._run(StudentJob(grader, code=prepare.processed_submission), limits)
         limit_values = limits.to_dict()
         if student_run.status == RunStatus.KILLED:
             return R.error_result(R.kill_message(student_run.kill_reason, limit_values, student_run.signal, _))
@@ -157,7 +158,7 @@ class GradingEngine:
             verdicts = R.default_verdicts(pairing.rows)
         else:
             job = CompareJob(grader, pairs=[(row[2], row[3]) for row in pairing.rows])
-            compare_run = await self._run("compare", job, limits)
+            compare_run = await self._run(job, limits)
             compare = compare_report_from_json(compare_run.results) if compare_run.status == RunStatus.OK else None
             verdicts = compare.verdicts if compare is not None and compare.ok else None
             if verdicts is None or len(verdicts) != len(pairing.rows):
@@ -165,10 +166,10 @@ class GradingEngine:
                 return R.error_result(_(R.STAFF_PROBLEM))
         return R.finalize(pairing.rows, verdicts, payload.hide_output, _)
 
-    async def _run(self, kind: str, job: Job, limits: Limits) -> RunResult:
+    async def _run(self, job: Job, limits: Limits) -> RunResult:
         result = await self.pool.run(job, limits)
         if self.metrics:
-            self.metrics.sandbox_runs.labels(kind, result.status).inc()
+            self.metrics.sandbox_runs.labels(job_mode(job), result.status).inc()
             self.metrics.sandbox_run_seconds.observe(result.total_ms / 1000)
             if result.status == RunStatus.KILLED and result.kill_reason:
                 self.metrics.sandbox_kills.labels(result.kill_reason).inc()
