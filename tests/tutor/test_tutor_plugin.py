@@ -122,6 +122,36 @@ def test_k8s_manifests_deploy_server_postgresql_operator_and_crd(rendered: Path)
     assert job_env["XQUEUE_K8S_LMS_PASSWORD"] == {"secretKeyRef": {"name": "xqueue-k8s", "key": "lms-password"}}
 
 
+def secret_refs(objects: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(Secret name, key) of every secretKeyRef and secret volume item in the objects."""
+    refs: set[tuple[str, str]] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "secretKeyRef" in node:
+                refs.add((node["secretKeyRef"]["name"], node["secretKeyRef"]["key"]))
+            if "secret" in node and "secretName" in node["secret"]:
+                refs.update((node["secret"]["secretName"], item["key"]) for item in node["secret"].get("items", []))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(objects)
+    return refs
+
+
+@pytest.mark.parametrize("settings", [{}, {"XQUEUE_K8S_DATABASE_URL": "postgresql://u:p@db:5432/x"}])
+def test_every_secret_reference_names_a_key_the_secret_has(tmp_path: Path, settings: dict[str, str]) -> None:
+    objects = k8s_objects(render(tmp_path / "root", settings))
+    keys = set(find(objects, "Secret", "xqueue-k8s")["stringData"])
+    refs = secret_refs(objects)
+    assert {name for name, _ in refs} == {"xqueue-k8s"}
+    assert {key for _, key in refs} <= keys, refs
+    assert {"database-url", "lms-password", "admin-password"} <= {key for _, key in refs}
+
+
 def test_plugin_ships_the_crd_of_crds() -> None:
     # A symlink, so the plugin can never ship a stale CRD; building the wheel copies the file's content.
     shipped = PLUGIN_DIR / "tutorxqueuek8s" / "templates" / "xqueue-k8s" / "k8s" / "crd.yml"
