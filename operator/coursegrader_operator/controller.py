@@ -269,7 +269,11 @@ class Controller:
             task = asyncio.get_running_loop().create_task(self.provisioner.delete_account(
                 self.provisioner.dial_url(spec), username, self._account_in_use))
             self._tasks.append(task)
-            task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
 
     def _account_in_use(self, username: str) -> bool:
         return any(c.spec.spec is not None and c.spec.spec.server.provision

@@ -104,7 +104,7 @@ class Provisioner:
         # (re)written when something changed: the spec, the Secret, a failure, or once an hour.
         key = (c.generation, secret.get("metadata", {}).get("resourceVersion", ""))
         now = self._clock()
-        stored = next((cond for cond in (c.body.get("status") or {}).get("conditions", [])
+        stored: Mapping[str, Any] = next((cond for cond in (c.body.get("status") or {}).get("conditions", [])
                        if cond.get("type") == C.COND_PROVISIONED), {})
         if p.key is None and stored.get("status") == "True" \
                 and stored.get("observedGeneration") == c.generation:

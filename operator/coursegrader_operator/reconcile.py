@@ -124,8 +124,9 @@ class Reconciler:
         for kind, rv in a.seen_rv.items():
             before.setdefault(kind, rv)
         running = None
-        if a.replicas is None and observed.get("Deployment") is not None:
-            running = observed["Deployment"].get("spec", {}).get("replicas")
+        existing = observed.get("Deployment")
+        if a.replicas is None and existing is not None:
+            running = existing.get("spec", {}).get("replicas")
         replicas = self.target(c, spec, running)
         objects = build_objects(owner, spec, replicas, self.config)  # each object built once
 

@@ -236,7 +236,7 @@ def build_deployment(owner: Owner, spec: CourseGraderSpec, replicas: int) -> dic
         fetch_env.append({"name": "XQGRADER_REPO_REF", "value": spec.repo.ref})
     if spec.repo.sub_path:
         fetch_env.append({"name": "XQGRADER_REPO_SUBPATH", "value": spec.repo.sub_path})
-    fetch_mounts = [{"name": "course", "mountPath": C.GRADER_ROOT},
+    fetch_mounts: list[dict[str, Any]] = [{"name": "course", "mountPath": C.GRADER_ROOT},
                     {"name": "tmp", "mountPath": C.TMP_DIR}]
     volumes: list[dict[str, Any]] = [
         {"name": "course", "emptyDir": {"sizeLimit": spec.course_size_limit}},

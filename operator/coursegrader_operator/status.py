@@ -38,13 +38,14 @@ def merge_conditions(previous: Iterable[Mapping[str, Any]] | None, wanted: Seque
         status = "True" if cond.status else "False"
         old = before.get(cond.type)
         changed = old is None or old.get("status") != status
+        since = timestamp if old is None or changed else old.get("lastTransitionTime", timestamp)
         out.append({
             "type": cond.type,
             "status": status,
             "reason": cond.reason,
             "message": cond.message[:1024],
             "observedGeneration": generation,
-            "lastTransitionTime": timestamp if changed else old.get("lastTransitionTime", timestamp),
+            "lastTransitionTime": since,
         })
     return out
 

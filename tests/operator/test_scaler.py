@@ -38,7 +38,8 @@ def scaler(xq: FakeXQueue, events: Events, clock: Clock,
 async def test_a_scale_is_recorded_only_once_the_patch_succeeded(owner: Owner, spec: CourseGraderSpec) -> None:
     """A scale-up decided while the API server was down was recorded (count, time, event) before the
     patch: afterwards the Deployment stayed at the old count (issue 12)."""
-    clock, events, notes = Clock(), Events(), []
+    clock, events = Clock(), Events()
+    notes: list[tuple[Key, bool]] = []
     kube, xq = FakeKube(), FakeXQueue(QueueLoad(queued=5, in_flight=0))
     c = course(owner, spec, applied=1)
     s = scaler(xq, events, clock, notes)
@@ -64,7 +65,8 @@ async def test_a_scale_is_recorded_only_once_the_patch_succeeded(owner: Owner, s
 
 async def test_periodic_ticks_wait_for_the_retry_of_a_failing_key(owner: Owner, spec: CourseGraderSpec) -> None:
     """The tick re-enqueued a key whose retry was pending: ten attempts in 11 s (issue 12)."""
-    clock, events, notes = Clock(), Events(), []
+    clock, events = Clock(), Events()
+    notes: list[tuple[Key, bool]] = []
     kube, xq = FakeKube(), FakeXQueue(QueueLoad(queued=5, in_flight=0))
     kube.down = True
     c = course(owner, spec, applied=1)
@@ -91,7 +93,8 @@ async def test_periodic_ticks_wait_for_the_retry_of_a_failing_key(owner: Owner, 
 
 async def test_an_unreachable_server_is_reported_once_per_outage(owner: Owner, spec: CourseGraderSpec,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
-    clock, events, notes = Clock(), Events(), []
+    clock, events = Clock(), Events()
+    notes: list[tuple[Key, bool]] = []
     xq = FakeXQueue(None)
     other = Owner("course-b", owner.namespace, "uid-b")
     courses = [course(owner, spec, applied=2), course(other, spec, applied=1)]
