@@ -74,6 +74,10 @@ class ScriptJob:
 
 Job = StaffJob | StudentJob | CompareJob | ScriptJob
 Mode = Literal["staff", "student", "compare", "script"]
+ImportStatus = Literal["notrun", "ok", "error", "caught"]
+PrepareStatus = Literal["ok", "error", "grader_error"]
+IMPORT_STATUSES: tuple[ImportStatus, ...] = ("notrun", "ok", "error", "caught")
+PREPARE_STATUSES: tuple[PrepareStatus, ...] = ("ok", "error", "grader_error")
 
 
 def job_mode(job: Job) -> Mode:
@@ -166,7 +170,7 @@ class ImportReport:
     ``caught`` (the submission swallowed gradelib's EndTest; ``exception`` holds the message).
     """
 
-    status: str = "notrun"
+    status: ImportStatus = "notrun"
     exception: str | None = None
     stdout: str = ""
 
@@ -207,7 +211,7 @@ class Prepared:
     input check or preprocessor raised) or ``grader_error`` (the grader module is broken).
     """
 
-    status: str
+    status: PrepareStatus
     input_errors: list[str] = field(default_factory=list)
     processed_submission: str | None = None
     exception: str | None = None
@@ -279,12 +283,18 @@ def _shown(value: Any) -> str | None:
     return value if isinstance(value, str) else str(value)
 
 
+def _import_status(value: Any) -> ImportStatus:
+    for status in IMPORT_STATUSES:
+        if value == status:
+            return status
+    return "error"  # anything else: the import did not end well
+
+
 def import_report_from_json(data: Any) -> ImportReport | None:
     if not isinstance(data, dict):
         return None
-    status = data.get("status")
     stdout = data.get("stdout")
-    return ImportReport(status=status if isinstance(status, str) else "",
+    return ImportReport(status=_import_status(data.get("status")),
                         exception=_shown(data.get("exception")),
                         stdout=stdout if isinstance(stdout, str) else "")
 
@@ -318,13 +328,14 @@ def suite_report_from_json(data: Any) -> SuiteReport | None:
 
 
 def prepared_from_json(data: Any) -> Prepared | None:
-    if not isinstance(data, dict) or not isinstance(data.get("status"), str):
+    if not isinstance(data, dict):
         return None
+    status = next((s for s in PREPARE_STATUSES if data.get("status") == s), None)
     errors = data.get("input_errors") or []
-    if not isinstance(errors, list):
+    if status is None or not isinstance(errors, list):
         return None
     processed = data.get("processed_submission")
-    return Prepared(status=data["status"], input_errors=[str(e) for e in errors],
+    return Prepared(status=status, input_errors=[str(e) for e in errors],
                     processed_submission=processed if isinstance(processed, str) else None,
                     exception=_shown(data.get("exception")))
 

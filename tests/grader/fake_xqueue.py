@@ -19,6 +19,8 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from .helpers import wait_until
+
 
 @dataclass
 class Recorded:
@@ -88,11 +90,8 @@ class FakeXQueue:
         return [body for header, body in self.results if json.loads(header)["submission_id"] == submission_id]
 
     async def wait_results(self, count: int, seconds: float = 20.0) -> None:
-        deadline = asyncio.get_running_loop().time() + seconds
-        while len(self.results) < count:
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"{len(self.results)} results, expected {count}")
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: len(self.results) >= count, seconds, f"{count} results", interval=0.02,
+                         detail=lambda: f"{len(self.results)} results")
 
     # -- protocol ----------------------------------------------------------------------------------
     def _reply(self, ok: bool, content: Any, **extra: Any) -> web.Response:

@@ -15,14 +15,15 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xqueue_grader.config import GraderConfig, config_from_sources
 from xqueue_grader.engine import GradingEngine
 from xqueue_grader.results import GradeResult
 from xqueue_grader.sandbox import Limits, SandboxSettings
 
-from .fake_xqueue import FakeXQueue
+if TYPE_CHECKING:
+    from .fake_xqueue import FakeXQueue
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = str(REPO / "examples" / "course")

@@ -19,7 +19,7 @@ from xqueue_grader.jobs import job_from_json
 from xqueue_grader.sandbox import Limits, RunResult, SandboxPool
 from xqueue_grader.sandbox.limits import rlimit_pairs
 
-from .helpers import EXAMPLES, SESSION_UID, TEST_LIMITS, sandbox_settings
+from .helpers import EXAMPLES, SESSION_UID, TEST_LIMITS, sandbox_settings, wait_until
 
 
 def exists(path: str) -> bool:
@@ -158,10 +158,7 @@ async def test_zygote_restarts_after_being_killed() -> None:
         first = pool.zygote_pid
         assert first is not None
         os.kill(first, signal.SIGKILL)
-        for _ in range(100):
-            if not pool.healthy:
-                break
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: not pool.healthy, 2, "the pool to notice its zygote died", interval=0.02)
         result = await script(pool, "print('again')")
         assert result.stdout == "again\n"
         assert pool.zygote_pid != first

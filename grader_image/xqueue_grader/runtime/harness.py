@@ -40,6 +40,7 @@ from xqueue_grader.jobs import (
     CompareReport,
     GraderCode,
     ImportReport,
+    ImportStatus,
     JobError,
     Prepared,
     ResultRow,
@@ -167,7 +168,7 @@ def import_captured(
             module = load_module(name, source, filename)
         except BaseException:
             exception = format_exception(None if our_code else filename)
-    status = "ok" if exception is None else "error"
+    status: ImportStatus = "ok" if exception is None else "error"
     return module, ImportReport(status=status, exception=exception, stdout=out.getvalue())
 
 
