@@ -39,14 +39,14 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import aiohttp
 import asyncpg
-from aiohttp import web
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import http_lite  # noqa: E402
 from xqueue_server.local_pg import LocalPostgres, free_port  # noqa: E402
 from xqueue_server.testing import create_database  # noqa: E402
 
@@ -106,6 +106,21 @@ SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = $1) AS commits,
 """
 
 
+TOP_STATEMENTS_SQL = """
+SELECT calls, regexp_replace(query, '\\s+', ' ', 'g') AS query
+  FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+ WHERE d.datname = $1 ORDER BY calls DESC LIMIT 12
+"""
+
+
+async def top_statements(cluster_url: str, database: str) -> list[tuple[int, str]]:
+    conn = await asyncpg.connect(cluster_url)
+    try:
+        return [(r["calls"], r["query"]) for r in await conn.fetch(TOP_STATEMENTS_SQL, database)]
+    finally:
+        await conn.close()
+
+
 async def db_counters(cluster_url: str, database: str) -> tuple[int, int]:
     conn = await asyncpg.connect(cluster_url)
     try:
@@ -130,60 +145,61 @@ class Tally:
 
 
 class FakeLMS:
+    """Receives the callbacks; the key is the last part of the callback URL."""
+
     def __init__(self, tally: Tally) -> None:
         self.tally = tally
         self.port = free_port()
 
-    async def handle(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        key = json.loads(str(form["xqueue_header"]))["lms_key"]
+    async def handle(self, path: str, _body: bytes) -> None:
+        key = path.rsplit("/", 1)[1]
         sent = self.tally.sent.pop(key, None)
         if sent is None:
             self.tally.duplicate_callbacks += key in self.tally.seen_keys
-        else:
-            self.tally.latencies.append(time.perf_counter() - sent)
-            self.tally.received += 1
-            waiter = self.tally.waiting.pop(key, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-        return web.Response(text="")
+            return
+        self.tally.latencies.append(time.perf_counter() - sent)
+        self.tally.received += 1
+        waiter = self.tally.waiting.pop(key, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
-    async def start(self) -> web.AppRunner:
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", self.handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.port, backlog=1024).start()
-        return runner
+    async def start(self) -> asyncio.Server:
+        return await http_lite.serve("127.0.0.1", self.port, self.handle)
 
 
-async def login(session: aiohttp.ClientSession, base: str, username: str, password: str) -> None:
-    async with session.post(f"{base}/xqueue/login/", data={"username": username, "password": password}) as r:
-        reply = await r.json(content_type=None)
-        assert reply["return_code"] == 0, reply
+async def call(conn: http_lite.Connection, method: str, path: str,
+               form: dict[str, str] | None = None) -> dict[str, Any]:
+    status, body = await conn.request(method, path, form)
+    assert status == 200, (status, body[:200])
+    return json.loads(body)
 
 
-async def classic_grader(base: str, stop: asyncio.Event, tally: Tally, poll_interval: float) -> None:
+async def login(conn: http_lite.Connection, username: str, password: str) -> http_lite.Connection:
+    reply = await call(conn, "POST", "/xqueue/login/", {"username": username, "password": password})
+    assert reply["return_code"] == 0, reply
+    return conn
+
+
+async def classic_grader(port: int, stop: asyncio.Event, tally: Tally, poll_interval: float) -> None:
     """A no-op grader pulling one submission per call, the way xqueue-watcher does."""
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
-        await login(session, base, "grader", "grader-password")
-        params = {"queue_name": QUEUE}
+    conn = await login(http_lite.Connection("127.0.0.1", port), "grader", "grader-password")
+    try:
         while not stop.is_set():
-            async with session.get(f"{base}/xqueue/get_submission/", params=params) as r:
-                reply = await r.json(content_type=None)
+            reply = await call(conn, "GET", f"/xqueue/get_submission/?queue_name={QUEUE}")
             if reply["return_code"] != 0:
                 tally.empty_pulls += 1
                 await asyncio.sleep(poll_interval)
                 continue
             item = json.loads(reply["content"])
             tally.handed_out[json.loads(item["xqueue_header"])["submission_id"]] += 1
-            async with session.post(f"{base}/xqueue/put_result/",
-                                    data={"xqueue_header": item["xqueue_header"], "xqueue_body": GRADE}) as r:
-                reply = await r.json(content_type=None)
-                assert reply["return_code"] == 0, reply
+            reply = await call(conn, "POST", "/xqueue/put_result/",
+                               {"xqueue_header": item["xqueue_header"], "xqueue_body": GRADE})
+            assert reply["return_code"] == 0, reply
+    finally:
+        conn.close()
 
 
-async def submit_one(session: aiohttp.ClientSession, base: str, lms: FakeLMS) -> asyncio.Future[None]:
+async def submit_one(conn: http_lite.Connection, lms: FakeLMS) -> asyncio.Future[None]:
     key = uuid.uuid4().hex
     header = json.dumps({"lms_callback_url": f"http://127.0.0.1:{lms.port}/cb/{key}", "lms_key": key,
                          "queue_name": QUEUE})
@@ -191,35 +207,46 @@ async def submit_one(session: aiohttp.ClientSession, base: str, lms: FakeLMS) ->
     lms.tally.sent[key] = time.perf_counter()
     lms.tally.seen_keys.add(key)
     lms.tally.waiting[key] = done
-    async with session.post(f"{base}/xqueue/submit/", data={"xqueue_header": header, "xqueue_body": "{}"}) as r:
-        reply = await r.json(content_type=None)
-        assert reply["return_code"] == 0, reply
+    reply = await call(conn, "POST", "/xqueue/submit/", {"xqueue_header": header, "xqueue_body": "{}"})
+    assert reply["return_code"] == 0, reply
     return done
 
 
-async def lms_client(session: aiohttp.ClientSession, base: str, lms: FakeLMS, until: float) -> None:
+async def lms_client(conn: http_lite.Connection, lms: FakeLMS, until: float) -> None:
     """Submit, wait for the grade, submit again (a learner per client)."""
     while time.perf_counter() < until:
-        done = await submit_one(session, base, lms)
+        done = await submit_one(conn, lms)
         try:
             await asyncio.wait_for(done, 30)
         except TimeoutError:
             return  # counted as lost at the end
 
 
-async def closed_loop(sessions: list[aiohttp.ClientSession], base: str, lms: FakeLMS, seconds: float) -> None:
+async def closed_loop(conns: list[http_lite.Connection], lms: FakeLMS, seconds: float) -> None:
     until = time.perf_counter() + seconds
-    await asyncio.gather(*(lms_client(s, base, lms, until) for s in sessions))
+    await asyncio.gather(*(lms_client(c, lms, until) for c in conns))
 
 
-async def open_loop(session: aiohttp.ClientSession, base: str, lms: FakeLMS, rate: float, seconds: float) -> None:
+async def open_loop(conns: list[http_lite.Connection], lms: FakeLMS, rate: float, seconds: float) -> None:
+    """Submissions at a fixed rate, on whichever client connection is free."""
+    free: asyncio.Queue[http_lite.Connection] = asyncio.Queue()
+    for conn in conns:
+        free.put_nowait(conn)
+
+    async def one() -> None:
+        conn = await free.get()
+        try:
+            await submit_one(conn, lms)
+        finally:
+            free.put_nowait(conn)
+
     interval, next_at, end = 1.0 / rate, time.perf_counter(), time.perf_counter() + seconds
-    tasks: set[asyncio.Task[asyncio.Future[None]]] = set()
+    tasks: set[asyncio.Task[None]] = set()
     while next_at < end:
         delay = next_at - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        task = asyncio.create_task(submit_one(session, base, lms))
+        task = asyncio.create_task(one())
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         next_at += interval
@@ -253,23 +280,23 @@ class Result:
     empty_pulls: float
 
 
-async def measure(args: argparse.Namespace, base: str, cluster_url: str, database: str, meter: CpuMeter,
+async def measure(args: argparse.Namespace, port: int, cluster_url: str, database: str, meter: CpuMeter,
                   label: str) -> Result:
     tally = Tally()
     lms = FakeLMS(tally)
-    runner = await lms.start()
+    server = await lms.start()
     stop = asyncio.Event()
-    graders = [asyncio.create_task(classic_grader(base, stop, tally, args.poll_interval))
+    graders = [asyncio.create_task(classic_grader(port, stop, tally, args.poll_interval))
                for _ in range(args.graders)]
-    sessions = [aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) for _ in range(args.lms_clients)]
+    conns = [http_lite.Connection("127.0.0.1", port) for _ in range(args.lms_clients)]
     try:
-        for session in sessions:
-            await login(session, base, "lms", "lms-password")
+        for conn in conns:
+            await login(conn, "lms", "lms-password")
         # One closed loop; the measured window starts after a warm-up (connections, caches) and both
         # counter snapshots are taken under load, so PostgreSQL's per-backend statistics flushes (at
         # most every second) lag alike at both ends.
         warm_up = min(3.0, args.seconds)
-        load = asyncio.create_task(closed_loop(sessions, base, lms, warm_up + args.seconds + 0.5))
+        load = asyncio.create_task(closed_loop(conns, lms, warm_up + args.seconds + 0.5))
         await asyncio.sleep(warm_up)
         tally.latencies.clear()
         commits0, statements0 = await db_counters(cluster_url, database)
@@ -285,7 +312,7 @@ async def measure(args: argparse.Namespace, base: str, cluster_url: str, databas
         await asyncio.sleep(0.5)
         tally.latencies.clear()
         rate = max(1.0, throughput / 2)
-        await open_loop(sessions[0], base, lms, rate, args.seconds)
+        await open_loop(conns, lms, rate, args.seconds)
         deadline = time.perf_counter() + 15
         while tally.sent and time.perf_counter() < deadline:  # noqa: ASYNC110 - polling a plain dict
             await asyncio.sleep(0.05)
@@ -293,9 +320,9 @@ async def measure(args: argparse.Namespace, base: str, cluster_url: str, databas
     finally:
         stop.set()
         await asyncio.gather(*graders, return_exceptions=True)
-        for session in sessions:
-            await session.close()
-        await runner.cleanup()
+        for conn in conns:
+            conn.close()
+        server.close()
     return Result(
         label=label, throughput=throughput, p50=percentile(full, 0.5), p99=percentile(full, 0.99),
         half_rate=rate, half_p50=percentile(half, 0.5), half_p99=percentile(half, 0.99),
@@ -309,11 +336,16 @@ async def measure(args: argparse.Namespace, base: str, cluster_url: str, databas
 
 
 # ----------------------------------------------------------------------------- one configuration
-def start_servers(count: int, env: dict[str, str], source: Path) -> list[subprocess.Popen[bytes]]:
+def start_servers(count: int, env: dict[str, str], source: Path, log_dir: Path) -> list[subprocess.Popen[bytes]]:
     # BENCH_SERVER_PREFIX="-m cProfile -o /tmp/server.prof" profiles the server process.
     prefix = os.environ.get("BENCH_SERVER_PREFIX", "").split()
-    return [subprocess.Popen([sys.executable, *prefix, "-m", "xqueue_server"], env=env, cwd=source)
-            for _ in range(count)]
+    # Production log level (INFO: a JSON line per submit, pull, result and delivery), into a file.
+    processes = []
+    for number in range(count):
+        with open(log_dir / f"server-{number}.log", "wb") as log:
+            processes.append(subprocess.Popen([sys.executable, *prefix, "-m", "xqueue_server"], env=env, cwd=source,
+                                              stdout=log, stderr=log))
+    return processes
 
 
 def wait_ready(base: str) -> None:
@@ -347,9 +379,9 @@ def run_config(args: argparse.Namespace, durability: str, servers: int) -> Resul
         users = Path(data_dir) / "users.yaml"
         users.write_text("lms: lms-password\ngrader: grader-password\n")
         env = {**os.environ, "XQUEUE_DATABASE_URL": database_url, "XQUEUE_PORT": str(port),
-               "XQUEUE_QUEUES": QUEUE, "XQUEUE_USERS_FILE": str(users), "XQUEUE_LOG_LEVEL": "WARNING",
+               "XQUEUE_QUEUES": QUEUE, "XQUEUE_USERS_FILE": str(users), "XQUEUE_LOG_LEVEL": "INFO",
                "XQUEUE_STORAGE_DIR": str(Path(data_dir) / "files"), "PYTHONPATH": str(args.server_src)}
-        processes = start_servers(servers, env, args.server_src)
+        processes = start_servers(servers, env, args.server_src, Path(data_dir))
         base = f"http://127.0.0.1:{port}"
         wait_ready(base)
         time.sleep(1.0)  # every process up (readyz answered by one of them)
@@ -358,7 +390,11 @@ def run_config(args: argparse.Namespace, durability: str, servers: int) -> Resul
         label = f"{durability}, {servers} server process{'es' if servers > 1 else ''}"
         import uvloop  # the load generator must not be the bottleneck
 
-        return uvloop.run(measure(args, base, pg.url, database, meter, label))
+        result = uvloop.run(measure(args, port, pg.url, database, meter, label))
+        if args.show_statements:
+            for calls, query in asyncio.run(top_statements(pg.url, database)):
+                print(f"    {calls:8d} calls  {query[:110]}")
+        return result
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
@@ -398,6 +434,8 @@ def main() -> None:
                         help="PostgreSQL modes to run: durable (its defaults), fast (fsync etc. off)")
     parser.add_argument("--server-src", type=Path, default=REPO, help="source tree the server runs from")
     parser.add_argument("--repeat", type=int, default=1, help="run the whole matrix this many times")
+    parser.add_argument("--show-statements", action="store_true",
+                        help="list the most frequent statements of each run (whole run, from pg_stat_statements)")
     args = parser.parse_args()
     modes = [m.strip() for m in args.durability.split(",") if m.strip()]
     if not set(modes) <= {"durable", "fast"}:

@@ -40,6 +40,7 @@ from .outage import DatabaseUnavailable
 log = logging.getLogger("xqueue.delivery")
 INVISIBLE_MARGIN_SECONDS = 5.0  # a claimed row stays invisible this much longer than one attempt may take
 INLINE_WAIT_SECONDS = 1.0  # an inline callback waits this long at most for a slot of its host
+MARK_WINDOW_SECONDS = 0.02  # successful deliveries are marked in batches gathered over this long
 
 
 def backoff_delay(attempts: int, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -81,9 +82,9 @@ class CallbackDeliverer:
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
         self._delivered_ids: list[int] = []  # successful deliveries waiting for the next batch mark
-        self._batch_done: asyncio.Future[None] | None = None  # resolved when those ids are marked
         self._marker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._slots_limited = True  # see _run_once
         # Inline callbacks waiting for a slot of their host: host -> (callback, since).
         self._inline_waiting: dict[str, deque[tuple[DueCallback, float]]] = {}
 
@@ -151,31 +152,26 @@ class CallbackDeliverer:
                 log.warning("could not hand a callback to the outbox", extra={"fields": {
                     "callback_id": callback.id, **error_fields(exc)}})
 
-    async def _mark_delivered(self, callback_id: int) -> None:
-        """Mark a delivered callback; ids that arrive while a mark runs share the next statement."""
+    def _mark_delivered(self, callback_id: int) -> None:
+        """Mark a delivered callback soon: ids delivered within ``MARK_WINDOW_SECONDS`` share one
+        statement and commit. Until then the row stays claimed; should this process die first, the
+        LMS gets the callback again, which the at-least-once contract allows."""
         self._delivered_ids.append(callback_id)
-        if self._batch_done is None:
-            self._batch_done = asyncio.get_running_loop().create_future()
-            self._batch_done.add_done_callback(_consume_error)
-        batch = self._batch_done
         if self._marker is None or self._marker.done():
             self._marker = asyncio.create_task(self._mark_batches())
-        await asyncio.shield(batch)
 
     async def _mark_batches(self) -> None:
         while self._delivered_ids:
+            if not self._stopping:
+                await asyncio.sleep(MARK_WINDOW_SECONDS)
             ids, self._delivered_ids = self._delivered_ids, []
-            batch, self._batch_done = self._batch_done, None
-            assert batch is not None
             try:
                 await self.db.mark_callbacks_delivered(ids)
-            except asyncio.CancelledError:
-                batch.cancel()  # the rows come back after their invisibility window
-                raise
+            except DatabaseUnavailable:
+                pass  # the rows come back after their invisibility window; the outage is logged once
             except Exception as exc:
-                batch.set_exception(exc)
-            else:
-                batch.set_result(None)
+                log.warning("could not mark callbacks delivered; they will be sent again", extra={"fields": {
+                    "callbacks": len(ids), **error_fields(exc)}})
 
     async def run(self) -> None:
         auth = None
@@ -201,9 +197,11 @@ class CallbackDeliverer:
                 if self._tasks or self._background:
                     await asyncio.wait([*self._tasks, *self._background],
                                        timeout=self.settings.callback_timeout_seconds)
+                if self._marker is not None and not self._marker.done():
+                    await asyncio.wait([self._marker], timeout=5)  # deliveries made are recorded
             finally:
                 self._session = None
-                pending = [*self._tasks, *self._background]
+                pending = [*self._tasks, *self._background, *([self._marker] if self._marker else [])]
                 for task in pending:
                     task.cancel()
                 if pending:
@@ -223,6 +221,10 @@ class CallbackDeliverer:
                 pass  # a database restart must not kill the worker; the outage is logged once (outage.py)
             except Exception as exc:
                 log.warning("outbox claim failed", extra={"fields": error_fields(exc)})
+        limit = self.settings.callback_per_host_concurrency
+        # Whether due rows may have been left because slots were short (all taken, or a host at its
+        # bound): only then is a finished delivery a reason to claim again before the next tick.
+        self._slots_limited = free <= 0 or len(due) == free or any(n >= limit for n in self._per_host.values())
         for callback in due:
             self._start(callback)
         self._report_saturation()
@@ -243,7 +245,8 @@ class CallbackDeliverer:
                 self._per_host.pop(host, None)
             self._start_waiting(host)
         self._report_saturation()
-        self.wakeup.set()  # a slot is free again
+        if self._slots_limited:
+            self.wakeup.set()  # a slot is free again, and work may be waiting for one
 
     def _report_saturation(self) -> None:
         limit = self.settings.callback_per_host_concurrency
@@ -271,7 +274,7 @@ class CallbackDeliverer:
         self.metrics.callback_latency.observe(time.perf_counter() - started)
         try:
             if error is None:
-                await self._mark_delivered(callback.id)
+                self._mark_delivered(callback.id)
                 self.metrics.result_to_delivery.observe(callback.age_seconds)
                 log.info("callback delivered", extra={"fields": {
                     "callback_id": callback.id, "submission_id": callback.submission_id, "kind": callback.kind,
@@ -296,12 +299,6 @@ class CallbackDeliverer:
         except Exception as exc:  # the same; the message of a database error may quote row data
             log.warning("could not record callback outcome", extra={"fields": {
                 "callback_id": callback.id, **error_fields(exc)}})
-
-
-def _consume_error(future: asyncio.Future[None]) -> None:
-    # A batch whose waiters were all cancelled must not be reported as "exception never retrieved".
-    if not future.cancelled():
-        future.exception()
 
 
 DELIVERER_KEY: web.AppKey[CallbackDeliverer] = web.AppKey("xqueue_deliverer", CallbackDeliverer)
