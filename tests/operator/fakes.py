@@ -56,6 +56,10 @@ class FakeKube:
             self._rv += 1
             stored = copy.deepcopy(dict(obj))
             stored["metadata"]["resourceVersion"] = str(self._rv)
+            if obj["kind"] == "Deployment":  # a healthy cluster: every replica ready at once
+                n = obj["spec"]["replicas"]
+                stored["metadata"]["generation"] = 1
+                stored["status"] = {"readyReplicas": n, "updatedReplicas": n, "observedGeneration": 1}
             self.objects[key] = stored
         return copy.deepcopy(stored)
 

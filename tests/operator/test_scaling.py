@@ -14,6 +14,7 @@ from coursegrader_operator.scaling import (
     hold,
     initial_replicas,
     raw_recommendation,
+    target_replicas,
 )
 from coursegrader_operator.spec import ScalingPolicy
 
@@ -144,3 +145,13 @@ def test_restart_keeps_running_replicas_within_bounds() -> None:
 def test_recommendation_is_never_fractional_pods() -> None:
     for n in range(0, 100):
         assert raw_recommendation(QueueLoad(n, 0), 3, 1.0) == math.ceil(n / 3)
+
+
+def test_the_replicas_to_apply_come_from_one_rule() -> None:
+    p = policy(min_replicas=2, max_replicas=6)
+    assert target_replicas(p, proposed=None, current=None) == 2  # new object: minReplicas
+    assert target_replicas(p, proposed=None, current=5) == 5  # restart: keep what runs
+    assert target_replicas(p, proposed=None, current=9) == 6  # ... within the spec's bounds
+    assert target_replicas(p, proposed=4, current=2) == 4  # the scaler's proposal wins
+    assert target_replicas(p, proposed=8, current=2) == 6  # clamped after a spec change
+    assert target_replicas(policy(enabled=False, min_replicas=3), proposed=8, current=5) == 3
