@@ -16,7 +16,7 @@ REPLY: dict[str, Any] = {
     "status": "killed", "kill_reason": "wall", "exit_code": None, "signal": 9,
     "results": json.dumps({"grader": {"status": "ok"}}), "stdout": "out", "stderr": "", "stdout_bytes": 3,
     "stderr_bytes": 0, "cpu_seconds": 0.5, "wall_seconds": 3.0, "max_rss_kb": 9000, "leftovers_killed": 0,
-    "setup_ms": 1.5, "cleanup_ms": 0.5, "cleanup_steps_ms": [0.1, 0.2],
+    "setup_ms": 1.5, "cleanup_ms": 0.5,
 }
 
 

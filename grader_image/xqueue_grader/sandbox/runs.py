@@ -56,7 +56,6 @@ class SupervisorReply(TypedDict, total=False):
     leftovers_killed: int
     setup_ms: float
     cleanup_ms: float
-    cleanup_steps_ms: list[float]
     unusable: str
 
 

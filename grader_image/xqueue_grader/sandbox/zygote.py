@@ -25,7 +25,6 @@ import array
 import contextlib
 import gc
 import importlib
-import itertools
 import json
 import os
 import resource
@@ -397,15 +396,11 @@ def supervise(cfg: ZygoteConfig, conn_fd: int) -> int:
     captures = {out_r: Capture(output_cap), err_r: Capture(output_cap), res_r: Capture(RESULTS_CAP)}
     kill_reason = collect(child, run_dir, limits, captures, captures[res_r], started)
     finished = time.monotonic()
-    marks = [finished]
     with contextlib.suppress(OSError):
         os.killpg(child, signal.SIGKILL)
     drain(captures)
-    marks.append(time.monotonic())
     _, status, rusage = os.wait4(child, 0)
-    marks.append(time.monotonic())
     leftovers = kill_descendants()
-    marks.append(time.monotonic())
     for fd in captures:
         os.close(fd)
     try:
@@ -414,7 +409,6 @@ def supervise(cfg: ZygoteConfig, conn_fd: int) -> int:
         os.rmdir(run_dir)
     except OSError:
         remove_tree(run_dir)
-    marks.append(time.monotonic())
     results = captures[res_r]
     state, reason, exit_code, sig = classify(status, rusage, limits, kill_reason, bool(results.data))
     if results.seen > RESULTS_CAP and reason is None:
@@ -435,7 +429,6 @@ def supervise(cfg: ZygoteConfig, conn_fd: int) -> int:
         "leftovers_killed": leftovers,
         "setup_ms": round((spawned - started) * 1000, 3),
         "cleanup_ms": round((time.monotonic() - finished) * 1000, 3),
-        "cleanup_steps_ms": [round((b - a) * 1000, 3) for a, b in itertools.pairwise(marks)],
     }
     wire.send_frame(conn, dict(reply))
     conn.close()
