@@ -55,8 +55,12 @@ class Work:
     drift: tuple[str, ...] = ()
 
 
+MAX_DRIFT_NOTES = 20  # a key that keeps failing must not collect notes without bound
+
+
 def merge(a: Work, b: Work) -> Work:
-    return Work(a.flags | b.flags, a.drift + b.drift)
+    drift = a.drift + tuple(d for d in b.drift if d not in a.drift)
+    return Work(a.flags | b.flags, drift[:MAX_DRIFT_NOTES])
 
 
 class Controller:
@@ -131,10 +135,9 @@ class Controller:
         c.status.stored(trimmed["status"])
         if c.deleting:
             return  # garbage collection takes the children; do not re-create them
-        if event_type is None:
-            self.enqueue(key, FULL)  # initial listing (operator start or watch re-list): resync once
-        elif c.spec.reconciled_generation != c.generation:
-            # A human changed the spec: worth trying now, even while earlier failures back off.
+        if event_type is None or c.spec.reconciled_generation != c.generation:
+            # A re-list (the watch reconnected, so the API server answers again) or a human's spec
+            # change: worth trying now, even while earlier failures back off.
             self.enqueue(key, FULL, expedite=True)
 
     def owned_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
