@@ -107,16 +107,16 @@ SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = $1) AS commits,
 
 
 TOP_STATEMENTS_SQL = """
-SELECT calls, regexp_replace(query, '\\s+', ' ', 'g') AS query
+SELECT calls, mean_exec_time, regexp_replace(query, '\\s+', ' ', 'g') AS query
   FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
  WHERE d.datname = $1 ORDER BY calls DESC LIMIT 12
 """
 
 
-async def top_statements(cluster_url: str, database: str) -> list[tuple[int, str]]:
+async def top_statements(cluster_url: str, database: str) -> list[tuple[int, float, str]]:
     conn = await asyncpg.connect(cluster_url)
     try:
-        return [(r["calls"], r["query"]) for r in await conn.fetch(TOP_STATEMENTS_SQL, database)]
+        return [(r["calls"], r["mean_exec_time"], r["query"]) for r in await conn.fetch(TOP_STATEMENTS_SQL, database)]
     finally:
         await conn.close()
 
@@ -392,8 +392,8 @@ def run_config(args: argparse.Namespace, durability: str, servers: int) -> Resul
 
         result = uvloop.run(measure(args, port, pg.url, database, meter, label))
         if args.show_statements:
-            for calls, query in asyncio.run(top_statements(pg.url, database)):
-                print(f"    {calls:8d} calls  {query[:110]}")
+            for calls, mean_ms, query in asyncio.run(top_statements(pg.url, database)):
+                print(f"    {calls:8d} calls {mean_ms:7.3f} ms  {query[:100]}")
         return result
     finally:
         for process in processes:
