@@ -37,7 +37,7 @@ from .resources import grader_username
 from .scaler import Scaler
 from .state import Course, Key, trim_coursegrader
 from .status import queue_conflicts
-from .status_writer import StatusWriter
+from .status_writer import PODS_RECHECK, StatusWriter
 from .workqueue import Backoff, Failure, WorkQueue
 from .xqueue import XQueueClient
 
@@ -101,6 +101,7 @@ class Controller:
         self.queue.start()
         self._tasks.append(asyncio.create_task(self._scale_loop(), name="cg-scaler"))
         self._tasks.append(asyncio.create_task(self._resync_loop(), name="cg-resync"))
+        self._tasks.append(asyncio.create_task(self._unready_loop(), name="cg-unready"))
 
     async def stop(self) -> None:
         await self.queue.stop()
@@ -298,6 +299,20 @@ class Controller:
             except Exception:  # the loop must survive anything one tick does
                 log.exception("scale tick failed")
             await asyncio.sleep(max(0.05, interval - (self._clock() - started)))
+
+    async def _unready_loop(self) -> None:
+        """Graders that stay not ready get their status (and its pod reasons) looked at again: the
+        Deployment's own status does not change when a pod turns out to be unschedulable."""
+        while True:
+            await asyncio.sleep(PODS_RECHECK)
+            self.enqueue_unready()
+
+    def enqueue_unready(self) -> None:
+        now = self._clock()
+        for key, c in self.courses.items():
+            since = c.status.unready_since
+            if since is not None and now - since >= PODS_RECHECK:
+                self.enqueue(key, STATUS)
 
     async def _resync_loop(self) -> None:
         while True:

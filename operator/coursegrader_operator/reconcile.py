@@ -8,6 +8,7 @@ scaler is recorded here (replica count, lastScaleTime, event) only after the pat
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -30,6 +31,12 @@ log = logging.getLogger(__name__)
 
 Record = Callable[..., None]  # (course, reason, message, warning=False)
 OK, RETRY, GONE = "ok", "retry", "gone"
+
+
+def _parse_time(text: str | None) -> datetime.datetime:
+    if not text:
+        return datetime.datetime.min.replace(tzinfo=datetime.UTC)
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
 
 
 def describe(e: BaseException) -> str:
@@ -105,9 +112,10 @@ class Reconciler:
         Two modes, to keep the API server's work proportional to what changed:
         * apply - the spec changed (or the object is new): apply everything with server-side apply
           in two round trips (ServiceAccount, ConfigMap, NetworkPolicy and the credentials check
-          together, then the Deployment, whose pods need the first two). Objects whose state this
-          run has not seen yet (new object, operator restart) are read in the first round trip, so
-          the Applied event can say what really changed.
+          together, then the Deployment, whose pods need the first two). After an operator restart
+          the objects are also read in the first round trip, so the Applied event can say what
+          really changed; a CourseGrader never reconciled before needs no reads (its children are
+          new: their creationTimestamp says so).
         * verify - resync, drift or operator restart with an unchanged spec: read the objects
           (GETs are cheap) and apply only those that are missing or differ. A restart of the
           operator over 1,000 healthy CourseGraders then writes nothing.
@@ -116,7 +124,10 @@ class Reconciler:
         owner = c.owner
         stored = (c.body.get("status") or {}).get("observedGeneration")
         verify = c.generation in (c.spec.reconciled_generation, stored)
-        read_kinds = [k for k in C.VERIFIED_KINDS if verify or k not in a.seen_rv]
+        never_reconciled = stored is None and not a.seen_rv
+        read_kinds = [k for k in C.VERIFIED_KINDS
+                      if verify or (k not in a.seen_rv and not never_reconciled)]
+        started = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=2)
         retry, *reads = await asyncio.gather(self.provisioner.check(c, spec),
                                              *(self._read(c, kind) for kind in read_kinds))
         observed: dict[str, dict[str, Any] | None] = dict(zip(read_kinds, reads, strict=True))
@@ -157,7 +168,8 @@ class Reconciler:
             rv = meta.get("resourceVersion", "")
             a.seen_rv[kind] = rv
             if before.get(kind) is None:
-                changes.append(f"created {kind} {meta.get('name')}")
+                if kind in observed or _parse_time(meta.get("creationTimestamp")) >= started:
+                    changes.append(f"created {kind} {meta.get('name')}")
             elif before[kind] != rv:
                 changes.append(f"updated {kind} {meta.get('name')}")
         np_exists = before.get("NetworkPolicy") is not None

@@ -111,6 +111,7 @@ class StatusState:
     timer_due: float = 0.0  # a delayed write of the latest figures is pending until then
     pods_problem: str | None = None
     pods_checked_at: float = -1e9
+    unready_since: float | None = None  # graders below the desired count since (clock)
 
     def stored(self, status: Mapping[str, Any] | None) -> None:
         self.last = dict(status) if status else None

@@ -2,7 +2,7 @@
 
 Queue figures change every tick under load, so a write that only changes them is rate-limited per
 object (XQOP_STATUS_MIN_INTERVAL) with a timer that makes sure the latest figures land. When grader
-pods are not ready the pods are read (at most every PODS_RECHECK seconds) so Ready says why.
+pods stay not ready the pods are read (at most every PODS_RECHECK seconds) so Ready says why.
 """
 
 from __future__ import annotations
@@ -65,16 +65,21 @@ class StatusWriter:
         )
 
     async def _check_pods(self, c: Course) -> None:
-        """While graders are not ready: why, from the pods (re-checked until they are)."""
+        """Graders not ready for PODS_RECHECK seconds: why, from the pods.
+
+        A normal rollout gets ready within that time and costs no pod read at all; the controller
+        asks again every PODS_RECHECK seconds while graders stay not ready (`unready_since`)."""
         st = c.status
         dep = c.observed.deployment or {}
         desired = c.applied.replicas or 0
         ready = int((dep.get("status") or {}).get("readyReplicas") or 0)
         if c.spec.spec is None or not dep or desired == 0 or ready >= desired:
-            st.pods_problem = None
+            st.pods_problem, st.unready_since = None, None
             return
         now = self._clock()
-        if now - st.pods_checked_at >= PODS_RECHECK:
+        if st.unready_since is None:
+            st.unready_since = now
+        elif now - st.unready_since >= PODS_RECHECK and now - st.pods_checked_at >= PODS_RECHECK:
             st.pods_checked_at = now
             try:
                 pods = await self.kube.list("v1", "Pod", c.key[0], selector_labels(c.owner))
@@ -82,7 +87,6 @@ class StatusWriter:
                 log.debug("%s/%s: could not list grader pods: %s", *c.key, e)
             else:
                 st.pods_problem = pods_problem(pods)
-        self._later(c.key, PODS_RECHECK)
 
     async def write(self, c: Course, force: bool = False) -> None:
         st = c.status

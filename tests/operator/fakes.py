@@ -13,6 +13,7 @@ from coursegrader_operator.resources import Owner
 from coursegrader_operator.scaling import DELETION_COST_ANNOTATION, Decision, QueueLoad
 from coursegrader_operator.spec import CourseGraderSpec
 from coursegrader_operator.state import Course
+from coursegrader_operator.status import now_rfc3339
 from coursegrader_operator.xqueue import Auth, XQueueError
 
 
@@ -26,6 +27,9 @@ class FakeKube:
         self.status_patches: list[dict[str, Any]] = []
         self.down = False
         self._rv = 100
+
+    async def close(self) -> None:
+        return None
 
     def _check(self) -> None:
         if self.down:
@@ -54,8 +58,10 @@ class FakeKube:
         if stored is None or {k: v for k, v in stored.items() if k != "metadata"} != \
                 {k: v for k, v in obj.items() if k != "metadata"}:
             self._rv += 1
+            created = (stored or {}).get("metadata", {}).get("creationTimestamp") or now_rfc3339()
             stored = copy.deepcopy(dict(obj))
             stored["metadata"]["resourceVersion"] = str(self._rv)
+            stored["metadata"]["creationTimestamp"] = created
             if obj["kind"] == "Deployment":  # a healthy cluster: every replica ready at once
                 n = obj["spec"]["replicas"]
                 stored["metadata"]["generation"] = 1
@@ -85,6 +91,9 @@ class FakeXQueue:
     def __init__(self, reply: QueueLoad | None) -> None:
         self.reply = reply
         self.calls = 0
+
+    async def close(self) -> None:
+        return None
 
     async def queue_length(self, base_url: str, queue: str, auth: Auth) -> QueueLoad:
         self.calls += 1
