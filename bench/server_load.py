@@ -98,6 +98,41 @@ class CpuMeter:
                            cpu_seconds(os.getpid()))
 
 
+# ----------------------------------------------------------------------------- profiling (--profile)
+def start_profiler(pid: int, seconds: float, output: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy (``pip install -e '.[profile]'``) sampling one server process for the measured window."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not os.access(py_spy, os.X_OK):
+        print("  (--profile: py-spy not installed; pip install -e '.[profile]')")
+        return None
+    return subprocess.Popen([py_spy, "record", "-p", str(pid), "-d", str(max(1, int(seconds))), "-r", "200",
+                             "-f", "raw", "-o", str(output), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def print_profile(raw: Path, top: int = 15) -> None:
+    """The frames the server spent its samples in (self), and its own functions (inclusive)."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        samples = int(count)
+        total += samples
+        frames = stack.split(";")
+        own[frames[-1]] += samples
+        for name in {f.split(" (")[0] for f in frames if "xqueue_server" in f}:
+            inclusive[name] += samples
+    if not total:
+        return
+    print(f"  server profile ({total} samples): most self time")
+    for frame, samples in own.most_common(top):
+        print(f"    {samples * 100 / total:5.1f}%  {frame}")
+    print("  server functions, inclusive")
+    for frame, samples in inclusive.most_common(top):
+        print(f"    {samples * 100 / total:5.1f}%  {frame}")
+
+
 # ----------------------------------------------------------------------------- database counters
 STATS_SQL = """
 SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = $1) AS commits,
@@ -300,11 +335,14 @@ async def measure(args: argparse.Namespace, port: int, cluster_url: str, databas
         await asyncio.sleep(warm_up)
         tally.latencies.clear()
         commits0, statements0 = await db_counters(cluster_url, database)
+        profiler = start_profiler(meter.servers[0], args.seconds, args.profile) if args.profile else None
         cpu0, received0, started, empty0 = meter.snapshot(), tally.received, time.perf_counter(), tally.empty_pulls
         await asyncio.sleep(args.seconds)
         cpu1, received1, elapsed = meter.snapshot(), tally.received, time.perf_counter() - started
         empty = tally.empty_pulls - empty0
         commits1, statements1 = await db_counters(cluster_url, database)
+        if profiler is not None:
+            await asyncio.to_thread(profiler.wait, 60)
         full = list(tally.latencies)
         await load
         cycles = max(1, received1 - received0)
@@ -391,6 +429,8 @@ def run_config(args: argparse.Namespace, durability: str, servers: int) -> Resul
         import uvloop  # the load generator must not be the bottleneck
 
         result = uvloop.run(measure(args, port, pg.url, database, meter, label))
+        if args.profile and args.profile.exists():
+            print_profile(args.profile)
         if args.show_statements:
             for calls, mean_ms, query in asyncio.run(top_statements(pg.url, database)):
                 print(f"    {calls:8d} calls {mean_ms:7.3f} ms  {query[:100]}")
@@ -434,6 +474,8 @@ def main() -> None:
                         help="PostgreSQL modes to run: durable (its defaults), fast (fsync etc. off)")
     parser.add_argument("--server-src", type=Path, default=REPO, help="source tree the server runs from")
     parser.add_argument("--repeat", type=int, default=1, help="run the whole matrix this many times")
+    parser.add_argument("--profile", type=Path, metavar="FILE",
+                        help="sample the (first) server process with py-spy during the measured window into FILE")
     parser.add_argument("--show-statements", action="store_true",
                         help="list the most frequent statements of each run (whole run, from pg_stat_statements)")
     args = parser.parse_args()
