@@ -22,7 +22,7 @@ from .status import Observed, build_status, now_rfc3339, pods_problem, status_di
 log = logging.getLogger(__name__)
 
 FIGURES = ("queueLength", "inFlight", "oldestQueuedAgeSeconds")
-PODS_RECHECK = 5.0  # seconds between pod reads while graders are not ready
+PODS_RECHECK = 10.0  # seconds graders may take to get ready before their pods are read (then: between reads)
 
 
 class StatusWriter:

@@ -14,6 +14,7 @@ import pytest
 from coursegrader_operator import constants as C
 from coursegrader_operator.config import OperatorConfig
 from coursegrader_operator.controller import Controller
+from coursegrader_operator.scaling import QueueLoad
 from tests.operator.fakes import FakeKube, FakeXQueue
 
 
@@ -95,3 +96,39 @@ async def test_owned_object_drift_is_repaired_and_named(running: tuple[Controlle
     assert repaired == ["ConfigMap one-grader-config changed at .data.XQGRADER_QUEUE -> "
                         "updated ConfigMap one-grader-config"]
     assert kube.objects[("ConfigMap", "one-grader-config")]["data"]["XQGRADER_QUEUE"] == "MITx-6.00x"
+
+
+async def test_a_restart_over_a_healthy_object_writes_no_status(raw_spec: dict[str, Any]) -> None:
+    """Status flipped ScalingActive to WaitingForMetrics and back and dropped lastScaleTime (issue 12)."""
+    kube = FakeKube()
+    kube.objects[("Secret", "grader-login")] = {"metadata": {"name": "grader-login", "resourceVersion": "5"},
+                                                "data": {"username": b64("grader"), "password": b64("pw")}}
+    cg = body("one", "ns-a", "uid-1", raw_spec)
+    first = Controller(OperatorConfig(workers=2, scale_interval=0.05), kube,
+                       FakeXQueue(QueueLoad(5, 0)))  # type: ignore[arg-type]
+    first.start()
+    try:
+        first.coursegrader_event(None, cg)
+        for _ in range(200):  # the scaler reads 5 queued and scales 1 -> 3
+            await asyncio.sleep(0.01)
+            if first.courses[("ns-a", "one")].applied.replicas == 3 and first.idle:
+                break
+        await settle(first)
+        stored = first.courses[("ns-a", "one")].status.last or {}
+    finally:
+        await first.stop()
+    assert stored["lastScaleTime"] and stored["replicas"] == 3 and stored["queueLength"] == 5
+    kube.status_patches.clear()
+    applies = len([c for c in kube.calls if c[0] == "apply"])
+    restarted = Controller(OperatorConfig(workers=2, scale_interval=0.05), kube,
+                           FakeXQueue(QueueLoad(5, 0)))  # type: ignore[arg-type]
+    restarted.start()
+    try:
+        restarted.coursegrader_event(None, {**cg, "status": stored})
+        await settle(restarted)
+        await asyncio.sleep(0.3)  # several scaler ticks with the same figures
+        await settle(restarted)
+    finally:
+        await restarted.stop()
+    assert kube.status_patches == []
+    assert len([c for c in kube.calls if c[0] == "apply"]) == applies  # nothing re-applied either
