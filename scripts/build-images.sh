@@ -24,7 +24,8 @@
 # Cache (outside the repo): ${XDG_CACHE_HOME:-$HOME/.cache}/xqueue-k8s/images/
 #   base-<key>.tar          the Debian base's root file system; key: mmdebstrap's arguments + mirror list
 #   <image>-<tag>.tar       each image as a docker-archive; tag: hash of its Dockerfile, the files its
-#                           COPY lines name, .dockerignore, target, build args and base
+#                           COPY lines name (xqueue_common/ for the three Python images), .dockerignore,
+#                           target, build args and base
 #   logs/<image>-<tag>.log  the build's output
 # An image whose archive exists is not built again (a warm run takes about a second); a changed input
 # rebuilds with `buildah bud --layers`, so only the layers from the first changed step on run again

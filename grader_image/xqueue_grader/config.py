@@ -15,13 +15,14 @@ from typing import Any
 
 import yaml
 
+from xqueue_common.settings import SettingsError, env, load, parse_duration, read_env, read_mapping
 from xqueue_grader.sandbox.limits import Limits
 
 ENV_PREFIX = "XQGRADER_"
 
 
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names the setting, never its value."""
+class ConfigError(SettingsError):
+    """A setting is missing or malformed; the message names the setting, never a secret's value."""
 
 
 @dataclass(frozen=True)
@@ -34,15 +35,16 @@ class HandlerSpec:
 
 @dataclass(frozen=True)
 class GraderConfig:
-    queue: str
-    server_url: str = "http://127.0.0.1:18040"
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    grader_root: str = "/grader/course"
-    slots: int = 2
-    http_port: int = 8080
-    drain_seconds: float = 60.0
-    limits: Limits = field(default_factory=Limits)
+    # -- the environment contract (docs/contracts.md); the YAML file may set these too -------------
+    queue: str = env(ENV_PREFIX + "QUEUE")
+    server_url: str = env(ENV_PREFIX + "SERVER_URL", default="http://127.0.0.1:18040")
+    username: str | None = env(ENV_PREFIX + "USERNAME", default=None)
+    password: str | None = env(ENV_PREFIX + "PASSWORD", default=None, secret=True)
+    grader_root: str = env(ENV_PREFIX + "GRADER_ROOT", default="/grader/course")
+    slots: int = env(ENV_PREFIX + "SLOTS", default=2)
+    http_port: int = env(ENV_PREFIX + "HTTP_PORT", default=8080)
+    drain_seconds: float = env(ENV_PREFIX + "DRAIN_SECONDS", default=60.0, parse=parse_duration)
+    limits: Limits = field(default_factory=Limits)  # XQGRADER_LIMIT_* (LimitVariables) and limits: in the file
     # -- YAML-only settings --------------------------------------------------------------------
     http_host: str = "0.0.0.0"
     # Long-poll wait sent to servers that support it; 0 disables long-polling.
@@ -84,68 +86,30 @@ class GraderConfig:
         }
 
 
-# variable suffix -> (field name, parser)
-_ENV_FIELDS: dict[str, tuple[str, str]] = {
-    "SERVER_URL": ("server_url", "str"),
-    "QUEUE": ("queue", "str"),
-    "USERNAME": ("username", "str"),
-    "PASSWORD": ("password", "str"),
-    "GRADER_ROOT": ("grader_root", "str"),
-    "SLOTS": ("slots", "int"),
-    "HTTP_PORT": ("http_port", "int"),
-    "DRAIN_SECONDS": ("drain_seconds", "float"),
-}
-_ENV_LIMITS: dict[str, tuple[str, str]] = {
-    "LIMIT_CPU_SECONDS": ("cpu_seconds", "float"),
-    "LIMIT_WALL_SECONDS": ("wall_seconds", "float"),
-    "LIMIT_MEMORY_MB": ("memory_mb", "int"),
-    "LIMIT_PROCESSES": ("processes", "int"),
-    "LIMIT_FILE_SIZE_KB": ("file_size_kb", "int"),
-    "LIMIT_OUTPUT_KB": ("output_kb", "int"),
-    "LIMIT_OPEN_FILES": ("open_files", "int"),
-}
-_FILE_SCALARS: dict[str, str] = {
-    "server_url": "str", "queue": "str", "username": "str", "password": "str",
-    "grader_root": "str", "slots": "int", "http_port": "int", "drain_seconds": "float",
-    "http_host": "str", "long_poll_seconds": "float", "poll_min_seconds": "float",
-    "poll_max_seconds": "float", "login_retry_seconds": "float", "requests_timeout": "float",
-    "verify_tls": "bool", "put_result_attempts": "int", "submission_size_limit_kb": "int",
-    "sandbox_uid": "int", "scratch_dir": "str", "require_seccomp": "bool",
-    "require_landlock": "bool", "log_level": "str", "liveness_grace_seconds": "float",
-    "self_test_seconds": "float",
-}
-_LIMIT_FIELDS = {
-    "cpu_seconds": "float", "wall_seconds": "float", "memory_mb": "int", "processes": "int",
-    "file_size_kb": "int", "output_kb": "int", "open_files": "int", "disk_kb": "int",
-}
+@dataclass(frozen=True)
+class LimitVariables:
+    """The sandbox limits the environment may set (None: not set, the limit keeps its default).
+
+    The YAML file's ``limits:`` mapping may set every field of Limits (``disk_kb`` too).
+    """
+
+    cpu_seconds: float | None = env(ENV_PREFIX + "LIMIT_CPU_SECONDS", default=None, parse=parse_duration)
+    wall_seconds: float | None = env(ENV_PREFIX + "LIMIT_WALL_SECONDS", default=None, parse=parse_duration)
+    memory_mb: int | None = env(ENV_PREFIX + "LIMIT_MEMORY_MB", default=None)
+    processes: int | None = env(ENV_PREFIX + "LIMIT_PROCESSES", default=None)
+    file_size_kb: int | None = env(ENV_PREFIX + "LIMIT_FILE_SIZE_KB", default=None)
+    output_kb: int | None = env(ENV_PREFIX + "LIMIT_OUTPUT_KB", default=None)
+    open_files: int | None = env(ENV_PREFIX + "LIMIT_OPEN_FILES", default=None)
 
 
-def _parse(kind: str, name: str, value: Any) -> Any:
-    try:
-        if kind == "str":
-            if value is None:
-                return None
-            return str(value)
-        if kind == "int":
-            if isinstance(value, bool):
-                raise ValueError
-            return int(str(value).strip())
-        if kind == "float":
-            if isinstance(value, bool):
-                raise ValueError
-            return float(str(value).strip())
-        if kind == "bool":
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be {'a number' if kind != 'bool' else 'true or false'}") from None
-    raise ConfigError(f"{name}: unknown kind {kind}")
+# The YAML file's scalar settings (the rest: limits, handlers, preload_modules, http_basic_auth).
+_FILE_SCALARS = (
+    "server_url", "queue", "username", "password", "grader_root", "slots", "http_port", "drain_seconds",
+    "http_host", "long_poll_seconds", "poll_min_seconds", "poll_max_seconds", "login_retry_seconds",
+    "requests_timeout", "verify_tls", "put_result_attempts", "submission_size_limit_kb", "sandbox_uid",
+    "scratch_dir", "require_seccomp", "require_landlock", "log_level", "liveness_grace_seconds",
+    "self_test_seconds",
+)
 
 
 def _handler_specs(raw: Any) -> tuple[HandlerSpec, ...]:
@@ -171,22 +135,16 @@ def _handler_specs(raw: Any) -> tuple[HandlerSpec, ...]:
     return tuple(specs)
 
 
-def config_from_sources(env: Mapping[str, str], file_data: Mapping[str, Any] | None = None,
-                        password_file_text: str | None = None) -> GraderConfig:
-    """Build the configuration from already-read sources (pure; the I/O lives in ``load_config``)."""
-    values: dict[str, Any] = {}
-    limits: dict[str, Any] = {}
-    data = dict(file_data or {})
-    for key, kind in _FILE_SCALARS.items():
-        if key in data and data[key] is not None:
-            values[key] = _parse(kind, key, data[key])
+def _file_values(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The YAML file's settings, coerced like the environment's (errors name the file's keys)."""
+    values = read_mapping(GraderConfig, data, keys=_FILE_SCALARS)
     raw_limits = data.get("limits") or {}
     if not isinstance(raw_limits, dict):
         raise ConfigError("limits must be a mapping")
-    for key, value in raw_limits.items():
-        if key not in _LIMIT_FIELDS:
+    for key in raw_limits:
+        if key not in Limits.__dataclass_fields__:
             raise ConfigError(f"unknown limit {key}")
-        limits[key] = _parse(_LIMIT_FIELDS[key], f"limits.{key}", value)
+    values["limits"] = read_mapping(Limits, raw_limits, label=lambda key: f"limits.{key}")
     if "handlers" in data:
         values["handlers"] = _handler_specs(data["handlers"])
     if "preload_modules" in data:
@@ -201,24 +159,41 @@ def config_from_sources(env: Mapping[str, str], file_data: Mapping[str, Any] | N
         if not (isinstance(auth, list | tuple) and len(auth) == 2):
             raise ConfigError("http_basic_auth must be [user, password] or 'user:password'")
         values["http_basic_auth"] = (str(auth[0]), str(auth[1]))
+    return values
+
+
+def config_from_sources(env: Mapping[str, str], file_data: Mapping[str, Any] | None = None,
+                        password_file_text: str | None = None) -> GraderConfig:
+    """Build the configuration from already-read sources (pure; the I/O lives in ``load_config``).
+
+    Precedence: defaults < file < password file < environment. An empty variable counts as unset.
+    """
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    try:
+        values = _file_values(dict(file_data or {}))
+        limits = values.pop("limits")
+    except SettingsError as exc:
+        problems.extend(exc.problems)
     if password_file_text is not None:
         values["password"] = password_file_text.rstrip("\r\n")
-    for suffix, (name, kind) in _ENV_FIELDS.items():
-        raw = env.get(ENV_PREFIX + suffix)
-        if raw is not None and raw != "":
-            values[name] = _parse(kind, ENV_PREFIX + suffix, raw)
-    for suffix, (name, kind) in _ENV_LIMITS.items():
-        raw = env.get(ENV_PREFIX + suffix)
-        if raw is not None and raw != "":
-            limits[name] = _parse(kind, ENV_PREFIX + suffix, raw)
-    queue = values.pop("queue", None)
-    if not queue:
-        raise ConfigError(f"{ENV_PREFIX}QUEUE is required")
-    config = GraderConfig(queue=queue, **values)
+    if not values.get("queue"):
+        values.pop("queue", None)  # an empty queue in the file is as good as none
+    try:
+        limits.update(read_env(LimitVariables, env, blank_is_unset=True))
+    except SettingsError as exc:
+        problems.extend(exc.problems)
+    try:
+        config = load(GraderConfig, env, base=values, blank_is_unset=True)
+    except SettingsError as exc:
+        raise ConfigError([*problems, *exc.problems]) from None
+    if problems:
+        raise ConfigError(problems)
     config = replace(config, limits=replace(config.limits, **limits))
     problems = validate(config)
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError(problems)
     return config
 
 

@@ -1,46 +1,24 @@
-"""Structured logging: one JSON object per line on stderr.
+"""Structured logging: the shared JSON shape (xqueue_common.jsonlog), one object per line on stderr.
 
 Call sites pass structured data as ``extra={"fields": {...}}``.  Nothing logged may contain
-credentials, cookies or student code; the formatter adds only what call sites give it.
+credentials, cookies or student code; the formatter adds only what call sites give it, and
+tracebacks carry exception classes and frames, never exception messages.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import time
 from typing import Any
 
+from xqueue_common.jsonlog import JsonFormatter
+from xqueue_common.jsonlog import setup_logging as _setup_common
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            for key, value in fields.items():
-                entry.setdefault(key, value)
-        if record.exc_info and record.exc_info[0] is not None:
-            entry["exception"] = self.formatException(record.exc_info)[-4000:]
-        return json.dumps(entry, default=str)
+__all__ = ["JsonFormatter", "RateLimitedLoopErrors", "setup_logging"]
 
 
 def setup_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    for existing in list(root.handlers):
-        root.removeHandler(existing)
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-    # aiohttp's access log would repeat every probe request; keep it at warnings.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    _setup_common(level, "json")
 
 
 class RateLimitedLoopErrors:

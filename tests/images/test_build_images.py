@@ -38,8 +38,8 @@ for _tool in ("buildah", "runc"):
 
 # What the images are built from. The tests build a snapshot of these: keys depend on content only, so
 # the snapshot shares the cache with the working tree, and edits made meanwhile cannot change it.
-BUILD_INPUTS = ("scripts", "images", "grader_image", "xqueue_server", "operator", "examples", "tools/pause",
-                ".dockerignore")
+BUILD_INPUTS = ("scripts", "images", "grader_image", "xqueue_common", "xqueue_server", "operator", "examples",
+                "tools/pause", ".dockerignore")
 
 
 @pytest.fixture(scope="module")
