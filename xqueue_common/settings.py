@@ -14,13 +14,15 @@ A settings class is a dataclass; each field read from the environment says so wi
 Coercion follows the field's type (or the field's ``parse``), the same way for every package:
 
 - ``bool``: ``1/0``, ``true/false``, ``yes/no``, ``on/off`` in any case (surrounding blanks ignored);
-  anything else is an error.
+  anything else is an error ("... is not a boolean").
 - ``int``: a whole number (a YAML float such as ``5.0`` is accepted, ``5.5`` is an error); ``float``: a
   finite number (``nan`` and ``inf`` are errors). ``min``/``max`` bound both.
 - durations (``parse=parse_duration``): a number of seconds, or a number with one unit ``ms``, ``s``,
   ``m`` or ``h`` (``"250ms"``, ``"30s"``, ``"5m"``, ``"1h"``); the result is seconds as a float.
 - ``tuple[str, ...]``: comma-separated, each item stripped, empty items dropped (a YAML list as is).
 - ``X | None``: an empty string means ``None``.
+- a blank variable leaves a number, boolean or choice at its default (it has no blank value); text and
+  lists take it as given (``""``, ``()``).
 - ``Literal[...]``: one of the listed values; ``Enum`` subclasses: a member's value or name.
 - ``str``: as given.
 
@@ -46,15 +48,30 @@ _META_KEY = "xqueue_env"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 BOOL_WORDS = "1/0, true/false, yes/no or on/off"
+# Types whose blank value (an empty or all-blank variable) means "not set": nothing else reads it.
+_BLANK_IS_UNSET = (bool, int, float)
 _DURATION = re.compile(r"(?P<number>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<unit>ms|s|m|h)?")
 _UNIT_SECONDS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class Problem(str):
+    """One problem's sentence (``"{name} {reason}"``), with ``name`` and ``reason`` kept apart for callers
+    that phrase their messages differently."""
+
+    name: str
+    reason: str
+
+    def __new__(cls, name: str, reason: str) -> Problem:
+        self = super().__new__(cls, f"{name} {reason}")
+        self.name, self.reason = name, reason
+        return self
 
 
 class SettingsError(ValueError):
     """One or more settings are missing or malformed; ``problems`` lists each, naming its variable."""
 
     def __init__(self, problems: str | Sequence[str]) -> None:
-        self.problems = (problems,) if isinstance(problems, str) else tuple(problems)
+        self.problems: tuple[str, ...] = (problems,) if isinstance(problems, str) else tuple(problems)
         super().__init__("; ".join(self.problems))
 
 
@@ -101,7 +118,7 @@ def parse_bool(text: str) -> bool:
         return True
     if word in _FALSE:
         return False
-    raise ValueError(f"must be {BOOL_WORDS}")
+    raise ValueError(f"is not a boolean: use {BOOL_WORDS}")
 
 
 def parse_duration(text: str) -> float:
@@ -194,18 +211,27 @@ def coerce(value: Any, tp: Any, label: str, *, parse: Callable[[str], Any] | Non
             raise ValueError("must be one of " + ", ".join(str(m.value) for m in tp))
     except ValueError as exc:
         reason = str(exc) or "is malformed"
-        raise SettingsError([f"{label} {reason}{_quoted(value, secret)}"]) from None
-    raise SettingsError([f"{label}: no coercion for type {tp!r} (declare parse=)"])
+        raise SettingsError([Problem(label, reason + _quoted(value, secret))]) from None
+    raise SettingsError([Problem(label, f"has no coercion for type {tp!r} (declare parse=)")])
 
 
 def _check_bounds(value: Any, spec: EnvSpec, label: str) -> str | None:
     if not isinstance(value, int | float) or isinstance(value, bool):
         return None
     if spec.min is not None and value < spec.min:
-        return f"{label} must be at least {spec.min:g}{_quoted(value, spec.secret)}"
+        return Problem(label, f"must be at least {spec.min:g}{_quoted(value, spec.secret)}")
     if spec.max is not None and value > spec.max:
-        return f"{label} must be at most {spec.max:g}{_quoted(value, spec.secret)}"
+        return Problem(label, f"must be at most {spec.max:g}{_quoted(value, spec.secret)}")
     return None
+
+
+def _blank_means_unset(tp: Any) -> bool:
+    """Numbers, booleans and choices have no blank value: a blank variable leaves them at their default."""
+    if _optional_inner(tp) is not None:
+        return False
+    if tp in _BLANK_IS_UNSET or typing.get_origin(tp) is typing.Literal:
+        return True
+    return isinstance(tp, type) and issubclass(tp, enum.Enum)
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -218,14 +244,15 @@ def _hints(cls: type) -> dict[str, Any]:
 def read_env(cls: type, environ: Mapping[str, str], *, blank_is_unset: bool = False) -> dict[str, Any]:
     """The coerced values of the fields whose variable is set in ``environ`` (field name -> value).
 
-    ``blank_is_unset``: an empty variable counts as unset (the field keeps its default).
+    A blank variable of a number, boolean or choice field counts as unset (the field keeps its default);
+    text, list and optional fields take it as given. ``blank_is_unset``: every blank variable counts as unset.
     """
     hints = _hints(cls)
     values: dict[str, Any] = {}
     problems: list[str] = []
     for name, spec in variables(cls):
         raw = environ.get(spec.name)
-        if raw is None or (blank_is_unset and raw.strip() == ""):
+        if raw is None or (raw.strip() == "" and (blank_is_unset or _blank_means_unset(hints[name]))):
             continue
         try:
             value = coerce(raw, hints[name], spec.name, parse=spec.parse, secret=spec.secret)
@@ -257,7 +284,7 @@ def read_mapping(cls: type, data: Mapping[str, Any], *, keys: Sequence[str] | No
     for key, raw in data.items():
         if key not in allowed:
             if unknown == "error":
-                problems.append(f"unknown setting {key!r}")
+                problems.append(Problem("unknown setting", repr(key)))
             continue
         if raw is None:
             continue
@@ -295,7 +322,7 @@ def load(cls: type[T], environ: Mapping[str, str], *, base: Mapping[str, Any] | 
             continue
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             spec = env_spec(f)
-            problems.append(f"{spec.name if spec else f.name} is required")
+            problems.append(Problem(spec.name if spec else f.name, "is required"))
     if problems:
         raise SettingsError(problems)
     return cls(**values)

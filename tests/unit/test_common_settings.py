@@ -54,7 +54,7 @@ def test_false_words(word: str) -> None:
 
 @pytest.mark.parametrize("word", ["", "2", "y", "enabled", "truthy", "nope"])
 def test_other_words_are_not_booleans(word: str) -> None:
-    with pytest.raises(ValueError, match="true/false"):
+    with pytest.raises(ValueError, match="not a boolean"):
         parse_bool(word)
 
 
@@ -95,13 +95,15 @@ def test_defaults_apply_and_base_sits_between_defaults_and_environment() -> None
 
 
 def test_empty_values() -> None:
-    # An empty Optional is None and an empty list is (); a blank number is an error unless asked to
-    # treat blanks as unset.
-    settings = load(Sample, {"T_NAME": "", "T_URL": "", "T_HOSTS": ""})
+    # An empty Optional is None, empty text is "", an empty list is (); a blank number, boolean or choice
+    # keeps its default (it has no blank value); blank_is_unset makes every blank variable unset.
+    settings = load(Sample, {"T_NAME": "", "T_URL": "", "T_HOSTS": "", "T_COUNT": "", "T_FLAG": " ",
+                             "T_FMT": "", "T_COLOR": "", "T_WAIT": ""})
     assert (settings.name, settings.url, settings.hosts) == ("", None, ())
-    with pytest.raises(SettingsError, match="T_COUNT"):
-        load(Sample, {"T_NAME": "n", "T_COUNT": ""})
-    assert load(Sample, {"T_NAME": "n", "T_COUNT": " "}, blank_is_unset=True).count == 3
+    assert (settings.count, settings.flag, settings.fmt, settings.color, settings.wait) == (
+        3, False, "json", Color.RED, 30.0)
+    with pytest.raises(SettingsError, match="T_NAME is required"):
+        load(Sample, {"T_NAME": " "}, blank_is_unset=True)
 
 
 def test_every_problem_is_reported_together_by_variable_name() -> None:
@@ -111,7 +113,8 @@ def test_every_problem_is_reported_together_by_variable_name() -> None:
     problems = info.value.problems
     assert len(problems) == 7, problems
     text = str(info.value)
-    for fragment in ("T_NAME is required", "T_FLAG must be 1/0, true/false, yes/no or on/off (got 'maybe')",
+    for fragment in ("T_NAME is required",
+                     "T_FLAG is not a boolean: use 1/0, true/false, yes/no or on/off (got 'maybe')",
                      "T_COUNT must be a number", "T_RATIO must be a number", "T_WAIT must be a duration",
                      "T_FMT must be one of json, text", "T_COLOR must be one of red, blue"):
         assert fragment in text
@@ -155,7 +158,7 @@ def test_yaml_values_coerce_like_the_environment() -> None:
         read_mapping(Sample, {"other": 1}, unknown="error")
     with pytest.raises(SettingsError, match=r"file\.count must be at most 10"):
         read_mapping(Sample, {"count": 50}, label=lambda key: f"file.{key}")
-    with pytest.raises(SettingsError, match="flag must be"):
+    with pytest.raises(SettingsError, match="flag is not a boolean"):
         read_mapping(Sample, {"flag": "sometimes"})
 
 
