@@ -89,3 +89,7 @@ PHASE_PROVISIONING = "Provisioning"
 PHASE_PROGRESSING = "Progressing"
 PHASE_READY = "Ready"
 PHASE_IDLE = "Idle"
+
+# status.xqueue: whether the queue length could be read from the XQueue server (a printed column).
+XQUEUE_CONNECTED = "Connected"
+XQUEUE_UNREACHABLE = "Unreachable"

@@ -134,11 +134,12 @@ def build_status(obs: Observed, previous: Mapping[str, Any] | None, timestamp: s
         conditions.append(Condition(C.COND_SCALING_LIMITED, limited_prev.get("status") == "True",
                                     str(limited_prev.get("reason", "WithinRange")),
                                     str(limited_prev.get("message", ""))))
-        for key in ("queueLength", "inFlight", "oldestQueuedAgeSeconds"):
+        for key in ("queueLength", "inFlight", "oldestQueuedAgeSeconds", "xqueue"):
             if key in prev:
                 status[key] = prev[key]
     elif obs.scaling_enabled:
         if obs.metrics_error:
+            status["xqueue"] = C.XQUEUE_UNREACHABLE
             conditions.append(Condition(C.COND_SCALING_ACTIVE, False, "MetricsUnavailable",
                                         f"cannot read the queue length: {obs.metrics_error}; "
                                         "holding the current replica count"))
@@ -146,6 +147,7 @@ def build_status(obs: Observed, previous: Mapping[str, Any] | None, timestamp: s
             conditions.append(Condition(C.COND_SCALING_ACTIVE, False, "WaitingForMetrics",
                                         "no queue length read yet"))
         else:
+            status["xqueue"] = C.XQUEUE_CONNECTED
             conditions.append(Condition(C.COND_SCALING_ACTIVE, True, "ValidMetric",
                                         "replicas follow the queue length"))
         conditions.append(Condition(

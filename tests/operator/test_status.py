@@ -194,3 +194,18 @@ def test_a_queue_claimed_twice_is_a_condition_in_both() -> None:
     clear = build_status(Observed(generation=1, provisioned=PROVISIONED, desired_replicas=1,
                                   deployment=deployment(1), queued=0, in_flight=0), None, T0)
     assert C.COND_QUEUE_CONFLICT not in conditions(clear)
+
+
+def test_an_unreachable_xqueue_server_has_a_printed_field() -> None:
+    """The outage showed only in `describe`; `kubectl get` said Ready (issue 12). status.xqueue is a column."""
+    up = build_status(Observed(generation=1, provisioned=PROVISIONED, desired_replicas=2, deployment=deployment(2),
+                               queued=0, in_flight=0), None, T0)
+    assert up["xqueue"] == C.XQUEUE_CONNECTED
+    down = build_status(Observed(generation=1, provisioned=PROVISIONED, desired_replicas=2, deployment=deployment(2),
+                                 metrics_error="connection refused"), up, T1)
+    assert down["xqueue"] == C.XQUEUE_UNREACHABLE
+    assert status_differs(down, up)
+    # No reading yet after a restart over a healthy object: the last answer stays (a restart writes nothing).
+    no_reading = Observed(generation=1, provisioned=PROVISIONED, desired_replicas=2, deployment=deployment(2))
+    assert build_status(no_reading, up, T1)["xqueue"] == C.XQUEUE_CONNECTED
+    assert "xqueue" not in build_status(no_reading, None, T0)  # never read: no claim either way
