@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from xqueue_common.settings import Problem, SettingsError, env, parse_duration, read_env, read_mapping
+
 from .client_address import parse_networks
 
 
@@ -25,75 +27,100 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     # --- network and database
-    database_url: str | None = None  # None: start a throwaway local PostgreSQL under local_state_dir
-    host: str = "127.0.0.1"
-    port: int = 18040
-    public_url: str | None = None  # base URL graders use for file downloads; default: the request's origin
-    local_state_dir: str = ".local"  # throwaway database and local files for the embedded default
+    # None: start a throwaway local PostgreSQL under local_state_dir
+    database_url: str | None = env("XQUEUE_DATABASE_URL", default=None, secret=True)
+    host: str = env("XQUEUE_HOST", default="127.0.0.1")
+    port: int = env("XQUEUE_PORT", default=18040)
+    # base URL graders use for file downloads; default: the request's origin
+    public_url: str | None = env("XQUEUE_PUBLIC_URL", default=None)
+    # throwaway database and local files for the embedded default
+    local_state_dir: str = env("XQUEUE_LOCAL_STATE_DIR", default=".local")
     # The embedded PostgreSQL (no database_url): "durable" keeps PostgreSQL's crash safety; "fast" turns off
     # fsync, synchronous_commit and full_page_writes (tests, demos): a machine crash can lose acknowledged work.
-    local_durability: str = "durable"
-    db_pool_min: int = 2
-    db_pool_max: int = 20
+    local_durability: str = env("XQUEUE_LOCAL_DURABILITY", default="durable")
+    db_pool_min: int = env("XQUEUE_DB_POOL_MIN", default=2)
+    db_pool_max: int = env("XQUEUE_DB_POOL_MAX", default=20)
 
     # --- queue semantics
-    lease_seconds: float = 60.0  # how long a pulled submission stays invisible to other graders
-    max_pulls: int = 5  # pulls without a result before a submission is retired as poison
-    long_poll_max_seconds: float = 30.0  # cap for get_submission?wait=
-    bulk_max: int = 50  # cap for get_submission?max= and bulk put_result
+    # how long a pulled submission stays invisible to other graders
+    lease_seconds: float = env("XQUEUE_LEASE_SECONDS", default=60.0, parse=parse_duration)
+    # pulls without a result before a submission is retired as poison
+    max_pulls: int = env("XQUEUE_MAX_PULLS", default=5)
+    # cap for get_submission?wait=
+    long_poll_max_seconds: float = env(
+        "XQUEUE_LONG_POLL_MAX_SECONDS", default=30.0, parse=parse_duration)
+    bulk_max: int = env("XQUEUE_BULK_MAX", default=50)  # cap for get_submission?max= and bulk put_result
 
     # --- callback delivery (outbox)
-    callback_timeout_seconds: float = 10.0
-    callback_horizon_seconds: float = 24 * 3600.0  # keep retrying this long, then dead-letter
-    callback_backoff_base_seconds: float = 1.0
-    callback_backoff_max_seconds: float = 600.0
-    callback_concurrency: int = 32
+    callback_timeout_seconds: float = env("XQUEUE_CALLBACK_TIMEOUT_SECONDS", default=10.0, parse=parse_duration)
+    # keep retrying this long, then dead-letter
+    callback_horizon_seconds: float = env("XQUEUE_CALLBACK_HORIZON_SECONDS", default=24 * 3600.0, parse=parse_duration)
+    callback_backoff_base_seconds: float = env(
+        "XQUEUE_CALLBACK_BACKOFF_BASE_SECONDS", default=1.0, parse=parse_duration)
+    callback_backoff_max_seconds: float = env(
+        "XQUEUE_CALLBACK_BACKOFF_MAX_SECONDS", default=600.0, parse=parse_duration)
+    callback_concurrency: int = env("XQUEUE_CALLBACK_CONCURRENCY", default=32)
     # Fairness: one LMS that hangs may hold at most this many of the slots above (per process).
-    callback_per_host_concurrency: int = 4
+    callback_per_host_concurrency: int = env("XQUEUE_CALLBACK_PER_HOST_CONCURRENCY", default=4)
     # A host that does not answer the TCP handshake fails fast; callback_timeout_seconds bounds the rest.
-    callback_connect_timeout_seconds: float = 3.0
-    callback_verify_tls: bool = True
-    callback_basic_auth: str | None = None  # "user:password" sent to the LMS (upstream REQUESTS_BASIC_AUTH)
+    callback_connect_timeout_seconds: float = env(
+        "XQUEUE_CALLBACK_CONNECT_TIMEOUT_SECONDS", default=3.0, parse=parse_duration)
+    callback_verify_tls: bool = env("XQUEUE_CALLBACK_VERIFY_TLS", default=True)
+    # "user:password" sent to the LMS (upstream REQUESTS_BASIC_AUTH)
+    callback_basic_auth: str | None = env("XQUEUE_CALLBACK_BASIC_AUTH", default=None, secret=True)
 
     # --- limits
-    max_file_bytes: int = 4_000_000  # the LMS's own STUDENT_FILEUPLOAD_MAX_SIZE
-    max_request_bytes: int = 20_000_000
-    max_files: int = 20
-    max_header_bytes: int = 64_000  # xqueue_header
-    max_body_bytes: int = 2_500_000  # xqueue_body (Django's DATA_UPLOAD_MAX_MEMORY_SIZE)
+    max_file_bytes: int = env("XQUEUE_MAX_FILE_BYTES", default=4_000_000)  # the LMS's own STUDENT_FILEUPLOAD_MAX_SIZE
+    max_request_bytes: int = env("XQUEUE_MAX_REQUEST_BYTES", default=20_000_000)
+    max_files: int = env("XQUEUE_MAX_FILES", default=20)
+    max_header_bytes: int = env("XQUEUE_MAX_HEADER_BYTES", default=64_000)  # xqueue_header
+    # xqueue_body (Django's DATA_UPLOAD_MAX_MEMORY_SIZE)
+    max_body_bytes: int = env("XQUEUE_MAX_BODY_BYTES", default=2_500_000)
 
     # --- files
-    storage: str = "local"  # "local" or "s3"
-    storage_dir: str | None = None  # local storage folder; default <local_state_dir>/files
-    file_url_ttl_seconds: int = 3600
-    s3_bucket: str | None = None
-    s3_prefix: str = "xqueue"
-    s3_endpoint_url: str | None = None  # for S3-compatible services (MinIO, moto, Ceph)
-    s3_region: str | None = None
+    storage: str = env("XQUEUE_STORAGE", default="local")  # "local" or "s3"
+    # local storage folder; default <local_state_dir>/files
+    storage_dir: str | None = env("XQUEUE_STORAGE_DIR", default=None)
+    file_url_ttl_seconds: int = env("XQUEUE_FILE_URL_TTL_SECONDS", default=3600)
+    s3_bucket: str | None = env("XQUEUE_S3_BUCKET", default=None)
+    s3_prefix: str = env("XQUEUE_S3_PREFIX", default="xqueue")
+    # for S3-compatible services (MinIO, moto, Ceph)
+    s3_endpoint_url: str | None = env("XQUEUE_S3_ENDPOINT_URL", default=None)
+    s3_region: str | None = env("XQUEUE_S3_REGION", default=None)
 
     # --- accounts and queues
-    queues: tuple[str, ...] = ()  # seeded at start-up (like upstream XQUEUES)
-    users_file: str | None = None  # YAML {username: password} imported at start-up (like update_users)
-    session_max_age_seconds: int = 14 * 24 * 3600  # Django's default session age
-    session_cookie_secure: bool = False
+    queues: tuple[str, ...] = env("XQUEUE_QUEUES", default=())  # seeded at start-up (like upstream XQUEUES)
+    # YAML {username: password} imported at start-up (like update_users)
+    users_file: str | None = env("XQUEUE_USERS_FILE", default=None)
+    # Django's default session age
+    session_max_age_seconds: int = env("XQUEUE_SESSION_MAX_AGE_SECONDS", default=14 * 24 * 3600)
+    session_cookie_secure: bool = env("XQUEUE_SESSION_COOKIE_SECURE", default=False)
 
     # --- abuse resistance (policy in ratelimit.py, client_address.py)
-    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Real-IP / X-Forwarded-For are believed
-    login_failure_window_seconds: float = 60.0
-    login_max_failures_per_account_address: int = 5
-    login_max_failures_per_address: int = 20
-    login_max_failures_per_account: int = 100  # not applied to addresses the account logged in from
-    header_timeout_seconds: float = 20.0  # request line + headers must arrive within this; also keep-alive idle
-    body_timeout_seconds: float = 60.0  # a request body must arrive completely within this
+    # CIDRs whose X-Real-IP / X-Forwarded-For are believed
+    trusted_proxies: tuple[str, ...] = env("XQUEUE_TRUSTED_PROXIES", default=())
+    login_failure_window_seconds: float = env("XQUEUE_LOGIN_FAILURE_WINDOW_SECONDS", default=60.0, parse=parse_duration)
+    login_max_failures_per_account_address: int = env("XQUEUE_LOGIN_MAX_FAILURES_PER_ACCOUNT_ADDRESS", default=5)
+    login_max_failures_per_address: int = env("XQUEUE_LOGIN_MAX_FAILURES_PER_ADDRESS", default=20)
+    # not applied to addresses the account logged in from
+    login_max_failures_per_account: int = env("XQUEUE_LOGIN_MAX_FAILURES_PER_ACCOUNT", default=100)
+    # request line + headers must arrive within this; also keep-alive idle
+    header_timeout_seconds: float = env("XQUEUE_HEADER_TIMEOUT_SECONDS", default=20.0, parse=parse_duration)
+    # a request body must arrive completely within this
+    body_timeout_seconds: float = env("XQUEUE_BODY_TIMEOUT_SECONDS", default=60.0, parse=parse_duration)
 
     # --- housekeeping
-    retention_days: float = 30.0  # finished submissions (and their files) are deleted after this
-    sweep_interval_seconds: float = 1.0  # poison retirement, metrics refresh
-    housekeeping_interval_seconds: float = 300.0  # retention, expired sessions
+    # finished submissions (and their files) are deleted after this
+    retention_days: float = env("XQUEUE_RETENTION_DAYS", default=30.0)
+    # poison retirement, metrics refresh
+    sweep_interval_seconds: float = env("XQUEUE_SWEEP_INTERVAL_SECONDS", default=1.0, parse=parse_duration)
+    # retention, expired sessions
+    housekeeping_interval_seconds: float = env(
+        "XQUEUE_HOUSEKEEPING_INTERVAL_SECONDS", default=300.0, parse=parse_duration)
 
     # --- logging
-    log_level: str = "INFO"
-    log_format: str = "json"  # "json" or "text"
+    log_level: str = env("XQUEUE_LOG_LEVEL", default="INFO")
+    log_format: str = env("XQUEUE_LOG_FORMAT", default="json")  # "json" or "text"
 
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -102,47 +129,23 @@ class Settings:
         return Path(self.storage_dir or Path(self.local_state_dir) / "files")
 
 
-# Environment variable -> field name. Every variable starts with XQUEUE_.
 ENV_PREFIX = "XQUEUE_"
 
 
-def _field_types() -> dict[str, Any]:
-    return {f.name: f.type for f in dataclasses.fields(Settings) if f.name != "extra"}
-
-
-def _coerce(name: str, type_name: str, raw: Any) -> Any:
-    """Turn a YAML or environment value into the field's type, with a clear error."""
-    if raw is None:
-        return None
-    try:
-        if "tuple" in type_name:
-            if isinstance(raw, str):
-                return tuple(part.strip() for part in raw.split(",") if part.strip())
-            return tuple(str(item) for item in raw)
-        if type_name.startswith("bool"):
-            if isinstance(raw, bool):
-                return raw
-            value = str(raw).strip().lower()
-            if value in ("1", "true", "yes", "on"):
-                return True
-            if value in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"not a boolean: {raw!r}")
-        if type_name.startswith("int"):
-            return int(raw)
-        if type_name.startswith("float"):
-            return float(raw)
-        if isinstance(raw, str) and raw == "" and "None" in type_name:
-            return None
-        return str(raw)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid value for {name}: {exc}") from None
+def _config_error(exc: SettingsError) -> ConfigError:
+    """The shared coercion's problems, phrased as this server always phrased them."""
+    parts = [f"invalid value for {p.name}: {p.reason}" if isinstance(p, Problem) and p.name.startswith(ENV_PREFIX)
+             else str(p) for p in exc.problems]
+    return ConfigError("; ".join(parts))
 
 
 def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Build Settings from defaults, the YAML file named by XQUEUE_CONFIG_FILE, the environment, overrides."""
+    """Build Settings from defaults, the YAML file named by XQUEUE_CONFIG_FILE, the environment, overrides.
+
+    Values are coerced by xqueue_common.settings (the same rules as the grader and the operator); each
+    field names its variable (``XQUEUE_`` + the field name in capitals).
+    """
     env = os.environ if env is None else env
-    types = _field_types()
     values: dict[str, Any] = {}
 
     config_file = env.get(ENV_PREFIX + "CONFIG_FILE")
@@ -153,15 +156,16 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
             raise ConfigError(f"cannot read config file {config_file}: {exc}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {config_file} must hold a mapping")
-        for key, raw in loaded.items():
-            if key not in types:
-                raise ConfigError(f"unknown setting {key!r} in {config_file}")
-            values[key] = _coerce(key, str(types[key]), raw)
+        file_fields = [f.name for f in dataclasses.fields(Settings) if f.name != "extra"]
+        try:
+            values.update(read_mapping(Settings, loaded, keys=file_fields, unknown="error"))
+        except SettingsError as exc:
+            raise ConfigError("; ".join(f"{p} in {config_file}" for p in exc.problems)) from None
 
-    for name, type_name in types.items():
-        raw = env.get(ENV_PREFIX + name.upper())
-        if raw is not None:
-            values[name] = _coerce(ENV_PREFIX + name.upper(), str(type_name), raw)
+    try:
+        values.update(read_env(Settings, env))
+    except SettingsError as exc:
+        raise _config_error(exc) from None
 
     values.update(overrides)
     settings = Settings(**values)

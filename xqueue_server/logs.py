@@ -1,4 +1,4 @@
-"""Structured logging: one JSON object per line (or plain text for humans).
+"""Structured logging: the shared shape of xqueue_common.jsonlog, one JSON object per line (or plain text).
 
 Log calls pass context through ``extra={"fields": {...}}``. Never log passwords, session cookies,
 tokens, pull keys, submission bodies, grader replies, file names or student code.
@@ -10,19 +10,18 @@ errors carry row values in their detail ("Failing row contains (...)", "Key (nam
 
 from __future__ import annotations
 
-import json
-import logging
-import sys
-import time
-import traceback
 from typing import Any
 
+from xqueue_common.jsonlog import (
+    JsonFormatter,
+    TextFormatter,
+    describe_exception,
+    format_exception_safely,
+    setup_logging,
+)
 
-def describe_exception(exc: BaseException) -> str:
-    """``module.Class`` plus the SQLSTATE for database errors; never the message."""
-    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    sqlstate = getattr(exc, "sqlstate", None)
-    return f"{name} (SQLSTATE {sqlstate})" if isinstance(sqlstate, str) else name
+__all__ = ["JsonFormatter", "TextFormatter", "describe_exception", "error_fields", "format_exception_safely",
+           "setup_logging"]
 
 
 def error_fields(exc: BaseException) -> dict[str, Any]:
@@ -36,68 +35,3 @@ def error_fields(exc: BaseException) -> dict[str, Any]:
     if isinstance(sqlstate, str):
         fields["sqlstate"] = sqlstate
     return fields
-
-
-def format_exception_safely(exc: BaseException) -> str:
-    """A traceback (frames and exception classes, causes included) without any exception message."""
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and all(current is not seen for seen in chain) and len(chain) < 10:
-        chain.append(current)
-        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
-    blocks = []
-    for item in reversed(chain):
-        frames = "".join(traceback.format_list(traceback.extract_tb(item.__traceback__)))
-        blocks.append(f"Traceback (most recent call last):\n{frames}{describe_exception(item)}")
-    return "\n\nwhich led to:\n\n".join(blocks)
-
-
-def _safe_default(value: Any) -> str:
-    return describe_exception(value) if isinstance(value, BaseException) else str(value)
-
-
-class JsonFormatter(logging.Formatter):
-    def formatException(self, ei: Any) -> str:
-        return format_exception_safely(ei[1]) if ei and ei[1] is not None else ""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            entry.update(fields)
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=_safe_default)
-
-
-class TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        record.message = record.getMessage()
-        if self.usesTime():
-            record.asctime = self.formatTime(record, self.datefmt)
-        # Not super().format: it would reuse an exc_text another handler rendered with the message.
-        base = self.formatMessage(record)
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict) and fields:
-            base += " " + " ".join(f"{k}={_safe_default(v)}" for k, v in fields.items())
-        if record.exc_info and record.exc_info[1] is not None:
-            base += "\n" + format_exception_safely(record.exc_info[1])
-        return base
-
-
-def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # aiohttp's access log repeats what our request metrics record; keep it quiet.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
