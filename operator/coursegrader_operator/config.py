@@ -25,14 +25,22 @@
 | `XQOP_LIVENESS` | liveness endpoint URL for kopf, e.g. http://0.0.0.0:8081/healthz | (none) |
 | `XQOP_LOG_HANDLERS` | `1`: keep kopf's per-handler INFO log lines | 0 |
 
+Values follow the shared coercion of xqueue_common.settings (the server's and the grader's too): numbers
+are finite and not negative, intervals and timeouts also take a unit (`250ms`, `30s`, `5m`, `1h`), booleans
+are `1/0`, `true/false`, `yes/no`, `on/off` in any case, and an empty number or boolean keeps its default.
+Every malformed variable is named in one error.
+
 Secrets are read from the environment or from files and are never logged or put into repr().
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from xqueue_common.settings import env, load, parse_duration
 
 from .spec import OperatorDefaults
 
@@ -46,47 +54,59 @@ def _labels(text: str) -> dict[str, str]:
             continue
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"label selector item {item!r} is not key=value")
+            raise ValueError(f"has label selector item {item!r}, which is not key=value")
         out[key.strip()] = value.strip()
     return out
 
 
-def _secret(env: Mapping[str, str], name: str) -> str:
-    value = env.get(name, "")
+def _url(text: str) -> str:
+    return text.rstrip("/")
+
+
+def _upper(text: str) -> str:
+    return text.upper()
+
+
+def _secret_file(env: Mapping[str, str], name: str) -> str:
+    """The content of the file named by ``{name}_FILE`` (stripped), or ""."""
     path = env.get(f"{name}_FILE", "")
-    if not value and path:
-        with open(path, encoding="utf-8") as f:
-            value = f.read().strip()
-    return value
+    if not path:
+        return ""
+    with open(path, encoding="utf-8") as f:
+        return f.read().strip()
 
 
 @dataclass(frozen=True)
 class OperatorConfig:
-    namespaces: tuple[str, ...] = ()
-    grader_image: str = ""
-    xqueue_url: str = ""
-    xqueue_url_override: str = ""
-    admin_username: str = ""
-    admin_password: str = field(default="", repr=False)
-    admin_token: str = field(default="", repr=False)
-    scale_interval: float = 2.0
-    resync_interval: float = 300.0
-    status_min_interval: float = 5.0
-    workers: int = 16
-    metrics_concurrency: int = 32
-    xqueue_timeout: float = 3.0
-    request_timeout: float = 30.0
-    watch_server_timeout: float = 270.0
-    watch_client_timeout: float = 300.0
-    watch_connect_timeout: float = 10.0
-    watch_inactivity_timeout: float = 70.0
-    dns_namespace: str = "kube-system"
-    dns_pod_labels: Mapping[str, str] = field(default_factory=lambda: {"k8s-app": "kube-dns"})
-    xqueue_namespace: str = ""
-    xqueue_pod_labels: Mapping[str, str] = field(default_factory=dict)
-    posting_level: str = "INFO"
-    liveness: str = ""
-    log_handlers: bool = False
+    namespaces: tuple[str, ...] = env("XQOP_NAMESPACES", default=())
+    grader_image: str = env("XQOP_GRADER_IMAGE", default="")
+    xqueue_url: str = env("XQOP_XQUEUE_URL", default="", parse=_url)
+    xqueue_url_override: str = env("XQOP_XQUEUE_URL_OVERRIDE", default="", parse=_url)
+    admin_username: str = env("XQOP_ADMIN_USERNAME", default="")
+    admin_password: str = env("XQOP_ADMIN_PASSWORD", default="", secret=True)  # or XQOP_ADMIN_PASSWORD_FILE
+    admin_token: str = env("XQOP_ADMIN_TOKEN", default="", secret=True)  # or XQOP_ADMIN_TOKEN_FILE
+    # Read as given, then raised to the floors in from_env (scale 0.2 s, resync 1 s, workers 1).
+    scale_interval: float = env("XQOP_SCALE_INTERVAL", default=2.0, parse=parse_duration, min=0)
+    resync_interval: float = env("XQOP_RESYNC_INTERVAL", default=300.0, parse=parse_duration, min=0)
+    status_min_interval: float = env("XQOP_STATUS_MIN_INTERVAL", default=5.0, parse=parse_duration, min=0)
+    workers: int = env("XQOP_WORKERS", default=16, min=0)
+    metrics_concurrency: int = env("XQOP_METRICS_CONCURRENCY", default=32, min=0)
+    xqueue_timeout: float = env("XQOP_XQUEUE_TIMEOUT", default=3.0, parse=parse_duration, min=0)
+    request_timeout: float = env("XQOP_REQUEST_TIMEOUT", default=30.0, parse=parse_duration, min=0)
+    watch_server_timeout: float = env("XQOP_WATCH_SERVER_TIMEOUT", default=270.0, parse=parse_duration, min=0)
+    watch_client_timeout: float = env("XQOP_WATCH_CLIENT_TIMEOUT", default=300.0, parse=parse_duration, min=0)
+    watch_connect_timeout: float = env("XQOP_WATCH_CONNECT_TIMEOUT", default=10.0, parse=parse_duration, min=0)
+    watch_inactivity_timeout: float = env("XQOP_WATCH_INACTIVITY_TIMEOUT", default=70.0, parse=parse_duration,
+                                          min=0)
+    dns_namespace: str = env("XQOP_DNS_NAMESPACE", default="kube-system")
+    # An empty XQOP_DNS_POD_LABELS is no labels (no DNS egress rule), not the default.
+    dns_pod_labels: Mapping[str, str] = env("XQOP_DNS_POD_LABELS", default_factory=lambda: {"k8s-app": "kube-dns"},
+                                            parse=_labels)
+    xqueue_namespace: str = env("XQOP_XQUEUE_NAMESPACE", default="")
+    xqueue_pod_labels: Mapping[str, str] = env("XQOP_XQUEUE_POD_LABELS", default_factory=dict, parse=_labels)
+    posting_level: str = env("XQOP_POSTING_LEVEL", default="INFO", parse=_upper)
+    liveness: str = env("XQOP_LIVENESS", default="")
+    log_handlers: bool = env("XQOP_LOG_HANDLERS", default=False)
 
     @property
     def spec_defaults(self) -> OperatorDefaults:
@@ -98,40 +118,16 @@ class OperatorConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        """The configuration from the environment; malformed variables raise SettingsError (a ValueError)."""
         e = os.environ if env is None else env
-        d = cls()
-
-        def num(name: str, default: float) -> float:
-            raw = e.get(name, "")
-            value = float(raw) if raw else default
-            if value < 0:
-                raise ValueError(f"{name} must not be negative")
-            return value
-
-        return cls(
-            namespaces=tuple(ns.strip() for ns in e.get("XQOP_NAMESPACES", "").split(",") if ns.strip()),
-            grader_image=e.get("XQOP_GRADER_IMAGE", ""),
-            xqueue_url=e.get("XQOP_XQUEUE_URL", "").rstrip("/"),
-            xqueue_url_override=e.get("XQOP_XQUEUE_URL_OVERRIDE", "").rstrip("/"),
-            admin_username=e.get("XQOP_ADMIN_USERNAME", ""),
-            admin_password=_secret(e, "XQOP_ADMIN_PASSWORD"),
-            admin_token=_secret(e, "XQOP_ADMIN_TOKEN"),
-            scale_interval=max(0.2, num("XQOP_SCALE_INTERVAL", d.scale_interval)),
-            resync_interval=max(1.0, num("XQOP_RESYNC_INTERVAL", d.resync_interval)),
-            status_min_interval=num("XQOP_STATUS_MIN_INTERVAL", d.status_min_interval),
-            workers=max(1, int(num("XQOP_WORKERS", d.workers))),
-            metrics_concurrency=max(1, int(num("XQOP_METRICS_CONCURRENCY", d.metrics_concurrency))),
-            xqueue_timeout=num("XQOP_XQUEUE_TIMEOUT", d.xqueue_timeout),
-            request_timeout=num("XQOP_REQUEST_TIMEOUT", d.request_timeout),
-            watch_server_timeout=num("XQOP_WATCH_SERVER_TIMEOUT", d.watch_server_timeout),
-            watch_client_timeout=num("XQOP_WATCH_CLIENT_TIMEOUT", d.watch_client_timeout),
-            watch_connect_timeout=num("XQOP_WATCH_CONNECT_TIMEOUT", d.watch_connect_timeout),
-            watch_inactivity_timeout=num("XQOP_WATCH_INACTIVITY_TIMEOUT", d.watch_inactivity_timeout),
-            dns_namespace=e.get("XQOP_DNS_NAMESPACE", d.dns_namespace),
-            dns_pod_labels=_labels(e.get("XQOP_DNS_POD_LABELS", "k8s-app=kube-dns")),
-            xqueue_namespace=e.get("XQOP_XQUEUE_NAMESPACE", ""),
-            xqueue_pod_labels=_labels(e.get("XQOP_XQUEUE_POD_LABELS", "")),
-            posting_level=e.get("XQOP_POSTING_LEVEL", d.posting_level).upper(),
-            liveness=e.get("XQOP_LIVENESS", ""),
-            log_handlers=e.get("XQOP_LOG_HANDLERS", "") in ("1", "true", "yes"),
+        config = load(cls, e)
+        return dataclasses.replace(
+            config,
+            # A secret's variable wins over its file.
+            admin_password=config.admin_password or _secret_file(e, "XQOP_ADMIN_PASSWORD"),
+            admin_token=config.admin_token or _secret_file(e, "XQOP_ADMIN_TOKEN"),
+            scale_interval=max(0.2, config.scale_interval),
+            resync_interval=max(1.0, config.resync_interval),
+            workers=max(1, config.workers),
+            metrics_concurrency=max(1, config.metrics_concurrency),
         )
