@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ log = logging.getLogger("xqueue.main")
 
 
 @contextlib.contextmanager
-def database_for(settings: Settings):  # type: ignore[no-untyped-def]
+def database_for(settings: Settings) -> Iterator[Settings]:
     """Yield settings with a database URL, starting the local PostgreSQL when none is configured."""
     if settings.database_url:
         yield settings
@@ -49,7 +49,7 @@ def database_for(settings: Settings):  # type: ignore[no-untyped-def]
         pg.stop()
 
 
-def _overrides_from(settings: Settings) -> dict[str, object]:
+def _overrides_from(settings: Settings) -> dict[str, Any]:
     import dataclasses
 
     values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}

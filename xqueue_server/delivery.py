@@ -45,10 +45,10 @@ MARK_WINDOW_SECONDS = 0.02  # successful deliveries are marked in batches gather
 
 def backoff_delay(attempts: int, base: float, cap: float, rng: random.Random | None = None) -> float:
     """Delay before the next try after ``attempts`` failed tries: exponential, capped, half jitter."""
-    rng = rng or random
     exponent = min(max(attempts - 1, 0), 30)
     ceiling = min(cap, base * (2**exponent))
-    return ceiling * (0.5 + rng.random() / 2)
+    draw = rng.random() if rng is not None else random.random()
+    return ceiling * (0.5 + draw / 2)
 
 
 def next_step(age_seconds: float, attempts: int, settings: Settings, rng: random.Random | None = None) -> float | None:
@@ -179,7 +179,7 @@ class CallbackDeliverer:
             user, _, password = self.settings.callback_basic_auth.partition(":")
             auth = aiohttp.BasicAuth(user, password)
         connector = aiohttp.TCPConnector(limit=self.settings.callback_concurrency * 2,
-                                         ssl=None if self.settings.callback_verify_tls else False)
+                                         ssl=self.settings.callback_verify_tls)
         # The connect timeout is separate and short: a host that never completes the handshake must not
         # hold a slot for the whole attempt timeout.
         timeout = aiohttp.ClientTimeout(total=self.settings.callback_timeout_seconds,

@@ -27,7 +27,7 @@ class SourceError(Exception):
     """The upstream database cannot be read; the message holds no password."""
 
 
-Rows = list[Sequence[Any]]
+Rows = Sequence[Sequence[Any]]  # read-only: a list of tuples is one
 
 
 def scheme_of(url: str) -> str:

@@ -52,7 +52,7 @@ def _accepted_charset_names() -> dict[str, str]:
     names = {}
     for spelling, codec in accepted.items():
         info = codecs.lookup(codec)
-        assert info._is_text_encoding, codec  # type: ignore[attr-defined]
+        assert info._is_text_encoding, codec
         names[_charset_key(spelling)] = info.name
     return names
 

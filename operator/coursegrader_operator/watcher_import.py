@@ -481,9 +481,9 @@ def report_lines(result: ImportResult, namespace: str = "") -> list[str]:
                      "server; it is not copied from the watcher config):")
         for secret in result.secrets:
             lines.append(f"    {secret_command(secret, namespace)}    # used by {', '.join(secret.used_by)}")
-    for item in result.unmapped:
-        lines.append(f"NOT CONVERTED: queue {item.queue!r} ({item.source})")
-        lines.extend(f"    - {reason}" for reason in item.reasons)
+    for unmapped in result.unmapped:
+        lines.append(f"NOT CONVERTED: queue {unmapped.queue!r} ({unmapped.source})")
+        lines.extend(f"    - {reason}" for reason in unmapped.reasons)
     lines.extend(f"warning: {w}" for w in result.warnings)
     lines.append(f"{len(result.converted)} converted, {len(result.unmapped)} not converted")
     return lines

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from typing import Any
 
 try:
-    import pyseccomp as _sc  # type: ignore[import-untyped]  # ships no type information
+    import pyseccomp as _sc  # ships no type information: pyproject's [tool.mypy] lets it be untyped
 except Exception:  # not installed, or libseccomp missing
     _sc = None
 
