@@ -233,6 +233,10 @@ async def get_submission(request: web.Request) -> web.Response:
     if not claimed:
         ctx.metrics.empty_pulls.labels(queue_name).inc()
         return reply(p.failure(p.queue_empty(queue_name)))
+    if ctx.waiters.has_waiters(queue_name):
+        # Submissions to a non-empty queue are not announced (insert_submission): there may be more
+        # work, so the next waiting grader looks (it waits again if there is none).
+        ctx.waiters.notify(queue_name)
     try:
         base_url = ctx.public_base_url(request)
         contents = []

@@ -1,6 +1,6 @@
 """Long-poll support: graders waiting in get_submission?wait= are woken when their queue gets work.
 
-PostgreSQL NOTIFY (sent by the submit statement, one per submission) reaches every replica through
+PostgreSQL NOTIFY (sent by the submit statement when the queue was empty) reaches every replica through
 one LISTEN connection per process. Each notification wakes one waiter of that queue (the longest
 waiting), not all of them: waking every grader for one submission would make them race for it and
 multiply the claim queries. A waiter that loses the race anyway simply waits again, and every waiter
@@ -8,6 +8,10 @@ re-checks on its own every few seconds (expired leases are not announced).
 
 A waiter whose grader has closed its connection (``gone``) is passed over: the notification goes to
 the next one, so work never waits for a grader that has left.
+
+A submission is announced only when it arrives in an empty queue (insert_submission); a handler
+that finds work while others of its queue wait wakes the next one (``has_waiters``, in
+get_submission), so a backlog reaches every waiting grader one claim after another.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ class QueueWaiters:
                 continue
             future.set_result(True)
             return
+
+    def has_waiters(self, queue_name: str) -> bool:
+        return bool(self._waiters.get(queue_name))
 
     def notify_all(self) -> None:
         for waiting in list(self._waiters.values()):

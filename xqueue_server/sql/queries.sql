@@ -42,6 +42,9 @@ WHERE queue_name = $1 AND state = 'pending'
 -- name: insert_submission
 -- Latest wins (upstream rule): earlier submissions with the same callback URL that nobody is grading
 -- right now are retired silently. Then the new row is stored and the pullable count returned.
+-- Long-polling graders are told only when the queue had nothing pullable: a grader waits only after
+-- finding the queue empty, and one that is woken and finds work wakes the next (get_submission), so
+-- a busy queue costs no NOTIFY per submission. (All parts see the snapshot from before the statement.)
 WITH superseded AS (
     UPDATE submissions
        SET state = 'retired', retired_reason = 'superseded', finished_at = now()
@@ -52,16 +55,16 @@ WITH superseded AS (
     INSERT INTO submissions (queue_name, lms_callback_url, xqueue_header, xqueue_body, files, requester_id)
     VALUES ($1, $2, $3, $4, $5::jsonb, $6)
     RETURNING id
+), pullable AS (
+    SELECT count(*) - (SELECT count(*) FROM superseded) AS n FROM submissions
+     WHERE queue_name = $1 AND state = 'pending' AND (lease_expires_at IS NULL OR lease_expires_at <= now())
 ), notified AS (
-    SELECT pg_notify('xqueue_submissions', $1)
+    SELECT pg_notify('xqueue_submissions', $1) FROM pullable WHERE n = 0
 )
 SELECT (SELECT id FROM inserted) AS id,
        (SELECT count(*) FROM superseded) AS superseded,
        (SELECT count(*) FROM notified) AS notified,
-       (SELECT count(*) FROM submissions
-         WHERE queue_name = $1 AND state = 'pending'
-           AND (lease_expires_at IS NULL OR lease_expires_at <= now()))
-       + 1 - (SELECT count(*) FROM superseded) AS queue_length;
+       (SELECT n FROM pullable) + 1 AS queue_length;
 
 -- name: claim_submissions
 -- Atomic claim: FIFO, skips rows another transaction is claiming, never hands out a row with a valid
