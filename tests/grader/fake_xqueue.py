@@ -14,7 +14,7 @@ import json
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote
 
 from aiohttp import web
@@ -53,7 +53,7 @@ class FakeXQueue:
     _runner: web.AppRunner | None = None
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def start(self) -> FakeXQueue:
+    async def start(self) -> Self:
         app = web.Application()
         app.router.add_route("*", "/xqueue/login/", self._login)
         app.router.add_get("/xqueue/get_submission/", self._get_submission)

@@ -351,5 +351,5 @@ def uid_of(pid: int) -> int:
 def prlimit(pid: int, res: int, new: tuple[int, int] | None = None) -> tuple[int, int]:
     """resource.prlimit on any process, from a process of its uid when that is needed."""
     if new is None:
-        return tuple(as_uid(uid_of(pid), lambda: resource.prlimit(pid, res)))  # type: ignore[return-value]
-    return tuple(as_uid(uid_of(pid), lambda: resource.prlimit(pid, res, new)))  # type: ignore[return-value]
+        return tuple(as_uid(uid_of(pid), lambda: resource.prlimit(pid, res)))
+    return tuple(as_uid(uid_of(pid), lambda: resource.prlimit(pid, res, new)))

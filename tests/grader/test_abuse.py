@@ -695,7 +695,7 @@ async def test_unix_and_other_socket_families_are_denied(target: LocalTarget | R
         probe.connect(str(services["stream"]))
     await asyncio.sleep(0.5)
     assert services["reached"] == ["stream"]
-    services["reached"].clear()  # type: ignore[attr-defined]
+    services["reached"].clear()
     text = await target_attempt(target, OUTCOME_HELPER + f"""
     import asyncio, socket
     def stream(address):

@@ -63,7 +63,8 @@ def test_definition_checks() -> None:
     assert gradelib.prohibited_function_definition("helper")(code) == (
         "Your code should NOT define a function named 'helper'.")
     assert gradelib.must_define_class("Queue")(code) is None
-    assert gradelib.must_define_class("Stack")(code).startswith("Your code must define a class named 'Stack'.")
+    missing = gradelib.must_define_class("Stack")(code)
+    assert missing is not None and missing.startswith("Your code must define a class named 'Stack'.")
     assert gradelib.required_class_method("Queue", "insert")(code) is None
     assert gradelib.required_class_method("Queue", "remove")(code) == (
         "The class named 'Queue' should define a method named remove.")

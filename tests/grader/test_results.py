@@ -5,6 +5,7 @@ from __future__ import annotations
 from xqueue_grader import results as R
 from xqueue_grader.results import outcome_of
 from xqueue_grader.sandbox import Limits
+from xqueue_grader.sandbox.runs import KillReason
 
 EXPECTED_HTML = """
 <div class="test">
@@ -85,17 +86,17 @@ def test_comparison_rules() -> None:
 
 
 def test_compare_suffix_is_appended_to_shown_output() -> None:
-    rows = [("t", None, "1\n", "2\n")]
+    rows: list[tuple[str, str | None, str, str]] = [("t", None, "1\n", "2\n")]
     result = R.finalize(rows, [(False, "\n*** ERROR: not a number ***")], False, R.identity)
     assert result.tests[0][4] == "2\n\n*** ERROR: not a number ***"
 
 
 def test_kill_messages_name_the_limit() -> None:
     limits = Limits(wall_seconds=3, cpu_seconds=2.5).to_dict()
-    assert "3 seconds" in R.kill_message("wall", limits, None, R.identity)
-    assert "2.5 seconds" in R.kill_message("cpu", limits, None, R.identity)
-    assert "256 MiB" in R.kill_message("memory", limits, None, R.identity)
-    assert "signal 11" in R.kill_message("signal", limits, 11, R.identity)
+    assert "3 seconds" in R.kill_message(KillReason.WALL, limits, None, R.identity)
+    assert "2.5 seconds" in R.kill_message(KillReason.CPU, limits, None, R.identity)
+    assert "256 MiB" in R.kill_message(KillReason.MEMORY, limits, None, R.identity)
+    assert "signal 11" in R.kill_message(KillReason.SIGNAL, limits, 11, R.identity)
     hints = R.limit_hints("BlockingIOError: [Errno 11] Resource temporarily unavailable", limits, R.identity)
     assert hints == ["Your code tried to start too many processes or threads (limit: 64)."]
 

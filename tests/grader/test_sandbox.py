@@ -11,7 +11,7 @@ import signal
 import socket
 import textwrap
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -228,7 +228,7 @@ PROBE_FILE = """
 
 
 @pytest.fixture
-def tcp_port() -> AsyncIterator[int]:
+def tcp_port() -> Iterator[int]:
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(8)
@@ -236,7 +236,7 @@ def tcp_port() -> AsyncIterator[int]:
     server.close()
 
 
-async def test_seccomp_alone_blocks_the_network_and_signals(pool_without, tcp_port: int) -> None:  # type: ignore[no-untyped-def]
+async def test_seccomp_alone_blocks_the_network_and_signals(pool_without, tcp_port: int) -> None:
     pool = await pool_without("landlock")
     assert pool.features["seccomp"] and not pool.features["landlock"]
     assert (await script(pool, PROBE_NETWORK.format(port=tcp_port))).stdout == "PermissionError\n"
@@ -255,7 +255,7 @@ async def test_seccomp_alone_blocks_the_network_and_signals(pool_without, tcp_po
     assert leak.stdout == "PermissionError\n"
 
 
-async def test_landlock_alone_blocks_files_and_tcp(pool_without, tcp_port: int) -> None:  # type: ignore[no-untyped-def]
+async def test_landlock_alone_blocks_files_and_tcp(pool_without, tcp_port: int) -> None:
     pool = await pool_without("seccomp")
     assert pool.features["landlock"] and not pool.features["seccomp"]
     answer = f"{EXAMPLES}/square/answer.py"
@@ -274,7 +274,7 @@ async def test_landlock_alone_blocks_files_and_tcp(pool_without, tcp_port: int) 
         assert result.stdout == "PermissionError\n"
 
 
-async def test_without_both_layers_the_probes_do_succeed(pool_without, tcp_port: int) -> None:  # type: ignore[no-untyped-def]
+async def test_without_both_layers_the_probes_do_succeed(pool_without, tcp_port: int) -> None:
     """Control: the probes above detect a hole when there is one (these tests can fail)."""
     pool = await pool_without("seccomp", "landlock")
     assert (await script(pool, PROBE_NETWORK.format(port=tcp_port))).stdout == "CONNECTED\n"
@@ -303,7 +303,7 @@ SAME_UID_PROBES = """
 """
 
 
-async def test_seccomp_alone_closes_the_same_uid_classes(pool_without) -> None:  # type: ignore[no-untyped-def]
+async def test_seccomp_alone_closes_the_same_uid_classes(pool_without) -> None:
     pool = await pool_without("landlock", "ipc_namespace")
     assert pool.features["seccomp"] and not pool.features["landlock"] and not pool.features["ipc_namespace"]
     result = await script(pool, SAME_UID_PROBES.format(key=0x58520000 + os.getpid() % 0xFFFF))
@@ -311,7 +311,7 @@ async def test_seccomp_alone_closes_the_same_uid_classes(pool_without) -> None: 
     assert result.stdout == expected
 
 
-async def test_without_any_layer_the_same_uid_probes_succeed(pool_without) -> None:  # type: ignore[no-untyped-def]
+async def test_without_any_layer_the_same_uid_probes_succeed(pool_without) -> None:
     """Control for the test above: each probe does detect the hole when there is one."""
     pool = await pool_without("seccomp", "landlock", "ipc_namespace")
     result = await script(pool, SAME_UID_PROBES.format(key=0x58530000 + os.getpid() % 0xFFFF))
@@ -324,7 +324,7 @@ def user_namespaces_allowed() -> bool:
     return ipc_namespace_available()
 
 
-async def test_ipc_namespace_alone_keeps_ipc_objects_per_run(pool_without) -> None:  # type: ignore[no-untyped-def]
+async def test_ipc_namespace_alone_keeps_ipc_objects_per_run(pool_without) -> None:
     if not user_namespaces_allowed():
         pytest.skip("this kernel refuses unprivileged user namespaces: no per-run IPC namespace to test")
     pool = await pool_without("seccomp")

@@ -65,7 +65,7 @@ def stored_hash(server: ServerThread, username: str) -> str:
 def grade_all(grader: GraderClient, queue: str, upstream_bodies: dict[int, str]) -> list[int]:
     """Pull and answer until the queue is empty; the upstream ids in the order they were handed out,
     checking that each body is upstream's, unchanged."""
-    ids = []
+    ids: list[int] = []
     for _ in range(10):
         item = grader.pull(queue)
         if item is None:

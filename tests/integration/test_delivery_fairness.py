@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from tests.integration.clients import GRADE, GraderClient, LMSClient
-from xqueue_server.testing import FakeLMS, LoopThread, ServerThread
+from xqueue_server.testing import Callback, FakeLMS, LoopThread, ServerThread
 
 HEALTHY_LMSES = 3
 PER_HEALTHY = 5
@@ -156,8 +156,10 @@ def wait_for_keys(lmses: list[FakeLMS], keys: dict[int, set[str]], timeout: floa
     """Wait until every healthy LMS got its callbacks; returns when the last one arrived (time.time)."""
     last = 0.0
     for index, lms in enumerate(lmses):
-        callbacks = lms.wait_for(lambda cbs, i=index: {c.xqueue_header["lms_key"] for c in cbs} >= keys[i],
-                                 timeout=timeout)
+        def all_arrived(cbs: list[Callback], i: int = index) -> bool:
+            return {c.xqueue_header["lms_key"] for c in cbs} >= keys[i]
+
+        callbacks = lms.wait_for(all_arrived, timeout=timeout)
         last = max([last] + [c.received_at for c in callbacks])
     return last
 

@@ -290,7 +290,7 @@ def submits(draw: st.DrawFn, server: Server) -> tuple[Target, dict[str, Any]]:
     if not sane:
         fields += draw(st.lists(st.tuples(st.sampled_from(["xqueue_header", "xqueue_body", "other"]), text),
                                 max_size=1))
-    kind = "multipart" if files or draw(st.booleans()) else "form"
+    kind = "multipart" if bool(files) or draw(st.booleans()) else "form"
     if not sane:
         kind = draw(st.sampled_from([kind, kind, "application/json", "text/plain", ""]))
     part_charsets: set[str | None] = {declared}

@@ -80,7 +80,8 @@ def test_pure_pieces_follow_edx_platform() -> None:
     lacking = lms_simulator.parse_score_msg('{"correct": true, "score": 1}')
     assert lacking == (None, "xqueue_body lacks correct, score or msg")
     assert lms_simulator.parse_score_msg("oops")[1] == "xqueue_body is not JSON"
-    assert lms_simulator.parse_score_msg('{"correct": 1, "score": 1, "msg": "<p>"}')[1].startswith("msg is not XML")
+    not_xml = lms_simulator.parse_score_msg('{"correct": 1, "score": 1, "msg": "<p>"}')[1]
+    assert not_xml is not None and not_xml.startswith("msg is not XML")
     with pytest.raises(ValueError):
         lms_simulator.grader_payload_for("../etc")
 

@@ -46,7 +46,7 @@ async def install_tattletale_triggers(database_url: str) -> None:
         await conn.close()
 
 
-def test_logs_hold_no_request_data_even_from_database_errors(xqueue_factory, fake_lms: FakeLMS,  # type: ignore[no-untyped-def]
+def test_logs_hold_no_request_data_even_from_database_errors(xqueue_factory, fake_lms: FakeLMS,
                                                              captured_logs: CapturedLogs) -> None:  # noqa: F811
     server: ServerThread = xqueue_factory()
     asyncio.run(install_tattletale_triggers(server.settings.database_url or ""))

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -24,6 +25,8 @@ from xqueue_server.testing import FakeLMS, ServerThread, create_database
 
 DOWN_MESSAGE = "database unavailable; answering 503 until it is back"
 UP_MESSAGE = "database available again"
+# (method, path, keyword arguments of requests.request)
+Request = tuple[str, str, dict[str, Any]]
 
 
 @pytest.fixture
@@ -50,7 +53,7 @@ def test_database_outage_answers_503_logs_once_and_loses_nothing(own_postgres: L
 
         header = json.dumps({"lms_callback_url": fake_lms.callback_url("x"), "lms_key": "k", "queue_name": "test-pull"})
         reply_header = json.dumps({"submission_id": 1, "submission_key": "k"})
-        classic = [
+        classic: list[Request] = [
             ("POST", "/xqueue/submit/", {"data": {"xqueue_header": header, "xqueue_body": "during"},
                                          "auth": ("lms", "lms-password")}),
             ("GET", "/xqueue/get_submission/", {"params": {"queue_name": "test-pull"},
@@ -61,8 +64,8 @@ def test_database_outage_answers_503_logs_once_and_loses_nothing(own_postgres: L
                                              "cookies": grader.session.cookies}),
             ("POST", "/xqueue/login/", {"data": {"username": "grader", "password": "grader-password"}}),
         ]
-        admin = [("GET", "/api/v1/queues", {}), ("PUT", "/api/v1/queues/new-queue", {}),
-                 ("GET", "/api/v1/queues/test-pull/length", {})]
+        admin: list[Request] = [("GET", "/api/v1/queues", {}), ("PUT", "/api/v1/queues/new-queue", {}),
+                                ("GET", "/api/v1/queues/test-pull/length", {})]
         requests_sent = 0
         deadline = time.monotonic() + 3  # several rounds, so a per-request log line would show
         while time.monotonic() < deadline:

@@ -307,7 +307,7 @@ def test_a_submission_being_graded_is_not_superseded(xqueue: ServerThread, queue
     assert second is not None and second["xqueue_body"] == "second"
 
 
-def test_only_http_200_counts_as_delivered(xqueue_factory, fake_lms: FakeLMS) -> None:  # type: ignore[no-untyped-def]
+def test_only_http_200_counts_as_delivered(xqueue_factory, fake_lms: FakeLMS) -> None:
     server = xqueue_factory(callback_backoff_base_seconds=0.05, callback_backoff_max_seconds=0.2)
     fake_lms.status = 404  # e.g. the course structure changed
     key, _ = LMSClient(server).submit("test-pull", fake_lms.callback_url("x"))

@@ -134,7 +134,8 @@ def test_slow_but_complete_requests_and_long_polls_are_served(server: ServerThre
     assert b"Incorrect reply format" in received
     # A long-poll outlasts both timeouts: only the arrival of the request is bounded, not the work.
     started = time.monotonic()
-    reply = requests.get(f"{server.url}/xqueue/get_submission/", params={"queue_name": "test-pull", "wait": 3},
+    params: dict[str, str | int] = {"queue_name": "test-pull", "wait": 3}
+    reply = requests.get(f"{server.url}/xqueue/get_submission/", params=params,
                          auth=(server.grader.username, server.grader.password), timeout=30)
     assert reply.json() == {"return_code": 1, "content": "Queue 'test-pull' is empty"}
     assert time.monotonic() - started >= 2.9

@@ -104,7 +104,7 @@ async def test_a_restart_over_a_healthy_object_writes_no_status(raw_spec: dict[s
     kube.objects[("Secret", "grader-login")] = {"metadata": {"name": "grader-login", "resourceVersion": "5"},
                                                 "data": {"username": b64("grader"), "password": b64("pw")}}
     cg = body("one", "ns-a", "uid-1", raw_spec)
-    first = Controller(OperatorConfig(workers=2, scale_interval=0.05), kube,
+    first = Controller(OperatorConfig(workers=2, scale_interval=0.05), kube,  # type: ignore[arg-type]
                        FakeXQueue(QueueLoad(5, 0)))  # type: ignore[arg-type]
     first.start()
     try:
@@ -120,7 +120,7 @@ async def test_a_restart_over_a_healthy_object_writes_no_status(raw_spec: dict[s
     assert stored["lastScaleTime"] and stored["replicas"] == 3 and stored["queueLength"] == 5
     kube.status_patches.clear()
     applies = len([c for c in kube.calls if c[0] == "apply"])
-    restarted = Controller(OperatorConfig(workers=2, scale_interval=0.05), kube,
+    restarted = Controller(OperatorConfig(workers=2, scale_interval=0.05), kube,  # type: ignore[arg-type]
                            FakeXQueue(QueueLoad(5, 0)))  # type: ignore[arg-type]
     restarted.start()
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from coursegrader_operator import constants as C
@@ -33,7 +34,7 @@ def contract_variables() -> set[str]:
     return set(re.findall(r"XQGRADER_[A-Z_]+", CONTRACTS.read_text()))
 
 
-def walk(node: Any, path: str = ""):  # type: ignore[no-untyped-def]
+def walk(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
     yield path, node
     if isinstance(node, dict):
         for k, v in node.items():

@@ -68,25 +68,25 @@ def decode(data: bytes) -> Image:
     previous = bytearray(stride)
     for y in range(height):
         start = y * (stride + 1)
-        kind = raw[start]
+        filter_type = raw[start]
         line = bytearray(raw[start + 1:start + 1 + stride])
-        if kind == 1:
+        if filter_type == 1:
             for i in range(channels, stride):
                 line[i] = (line[i] + line[i - channels]) & 0xFF
-        elif kind == 2:
+        elif filter_type == 2:
             for i in range(stride):
                 line[i] = (line[i] + previous[i]) & 0xFF
-        elif kind == 3:
+        elif filter_type == 3:
             for i in range(stride):
                 left = line[i - channels] if i >= channels else 0
                 line[i] = (line[i] + ((left + previous[i]) >> 1)) & 0xFF
-        elif kind == 4:
+        elif filter_type == 4:
             for i in range(stride):
                 left = line[i - channels] if i >= channels else 0
                 up_left = previous[i - channels] if i >= channels else 0
                 line[i] = (line[i] + _paeth(left, previous[i], up_left)) & 0xFF
-        elif kind != 0:
-            raise ValueError(f"bad PNG filter type {kind}")
+        elif filter_type != 0:
+            raise ValueError(f"bad PNG filter type {filter_type}")
         out[y * stride:(y + 1) * stride] = line
         previous = line
     return Image(width, height, channels, bytes(out))

@@ -77,9 +77,9 @@ def build(server: ServerThread, good_lms: FakeLMS, bad_lms: FakeLMS) -> Scenario
     # The admin API refuses such a name; a queue from the configuration or the database is not checked
     # there, and the page must still escape it.
     sql(server, "INSERT INTO queues (name) VALUES ($1)", HOSTILE)
-    for (username, password), pull, submit in ((STAFF, [MAIN, HOSTILE], [MAIN]), (NOBODY, [], [])):
+    for (username, password), pull_queues, submit_queues in ((STAFF, [MAIN, HOSTILE], [MAIN]), (NOBODY, [], [])):
         created = api.put(f"{server.url}/api/v1/users/{username}", json={
-            "password": password, "pull_queues": pull, "submit_queues": submit}, timeout=10)
+            "password": password, "pull_queues": pull_queues, "submit_queues": submit_queues}, timeout=10)
         assert created.status_code == 201, created.text
     lms = LMSClient(server)
     grader = GraderClient(server)

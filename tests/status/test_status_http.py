@@ -97,7 +97,9 @@ def test_login_form_checks_its_token_and_the_password(scenario: Scenario) -> Non
     assert staff.get(f"{url}/status/", allow_redirects=False, timeout=10).status_code == 200
     out = staff.post(f"{url}/status/logout/", data={"token": logout_token}, allow_redirects=False, timeout=10)
     assert out.status_code == 303 and out.headers["Location"] == "/status/login/"
-    again = requests.get(f"{url}/status/", cookies={"sessionid": page.request.headers["Cookie"].split(
+    sent_cookies = page.request.headers["Cookie"]
+    assert isinstance(sent_cookies, str)  # requests builds the header as text
+    again = requests.get(f"{url}/status/", cookies={"sessionid": sent_cookies.split(
         "sessionid=")[1].split(";")[0]}, allow_redirects=False, timeout=10)
     assert again.status_code == 302  # the session is gone on the server, not only in this browser
 

@@ -67,7 +67,7 @@ TRUSTED = parse_networks(("10.0.0.0/8", "127.0.0.1", "fd00::/8"))
 
 def address(peer: str | None, real_ip: str | None = None, forwarded: tuple[str, ...] = (),
             trusted: tuple = TRUSTED) -> str:
-    headers = CIMultiDict()
+    headers: CIMultiDict[str] = CIMultiDict()
     if real_ip is not None:
         headers["X-Real-IP"] = real_ip
     return client_address(peer, headers, trusted, forwarded)

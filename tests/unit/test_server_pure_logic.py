@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -90,7 +91,7 @@ def test_next_step_dead_letters_after_the_horizon() -> None:
     assert step is not None and 0.5 <= step <= 1.0
 
 
-def test_settings_from_env_and_yaml(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_settings_from_env_and_yaml(tmp_path: Path) -> None:
     config = tmp_path / "xqueue.yaml"
     config.write_text("lease_seconds: 30\nqueues: [a, b]\ncallback_verify_tls: false\n")
     settings = load_settings(env={"XQUEUE_CONFIG_FILE": str(config), "XQUEUE_MAX_PULLS": "7",
@@ -112,7 +113,7 @@ def test_bad_settings_are_clear_errors(env: dict[str, str], message: str) -> Non
         load_settings(env=env)
 
 
-def test_unknown_yaml_setting_is_an_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_yaml_setting_is_an_error(tmp_path: Path) -> None:
     config = tmp_path / "x.yaml"
     config.write_text("leese_seconds: 3\n")
     with pytest.raises(ConfigError, match="unknown setting 'leese_seconds'"):
