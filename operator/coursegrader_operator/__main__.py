@@ -15,6 +15,9 @@ from kopf import cli
 
 from .config import OperatorConfig
 
+# kopf's log formats; the chart's values.schema.json allows exactly these for operator.logFormat.
+LOG_FORMATS = ("plain", "full", "json")
+
 
 def kopf_args(config: OperatorConfig, *, verbose: bool = False, log_format: str = "full") -> list[str]:
     args = ["run", "--standalone", "-m", "coursegrader_operator.handlers", "--log-format", log_format]
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
                                      description="Run the CourseGrader operator (configured by XQOP_* "
                                                  "environment variables).")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--log-format", default="full", choices=["plain", "full", "json"])
+    parser.add_argument("--log-format", default="full", choices=LOG_FORMATS)
     args = parser.parse_args(argv)
     config = OperatorConfig.from_env()
     cli.main(args=kopf_args(config, verbose=args.verbose, log_format=args.log_format),

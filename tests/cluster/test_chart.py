@@ -122,6 +122,8 @@ def test_an_external_database_replaces_the_in_chart_postgresql(kube: ControlPlan
     (["--set", "metrics.serviceMonitor.interval=often"], "at '/metrics/serviceMonitor/interval'"),
     (["--set", "server.logLevel=LOUD"], "at '/server/logLevel'"),
     (["--set", "server.ingress.enabled=true"], "at '/server/ingress/host': minLength"),
+    # The operator's --log-format has no "text" (the schema allowed it; the pod would crash-loop).
+    (["--set", "operator.logFormat=text"], "at '/operator/logFormat'"),
 ])
 def test_schema_rejects_invalid_values_with_a_clear_message(kube: ControlPlane, values: list[str],
                                                             expected: str) -> None:

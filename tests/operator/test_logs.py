@@ -6,10 +6,12 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import kopf
 import pytest
 
+from coursegrader_operator.__main__ import LOG_FORMATS
 from coursegrader_operator.logs import use_shared_json_shape
 
 
@@ -54,3 +56,9 @@ def test_kopf_json_logs_take_the_shared_shape(root_logging: logging.Logger) -> N
 def test_other_formats_are_left_alone(root_logging: logging.Logger) -> None:
     kopf.configure(log_format=kopf.LogFormat.PLAIN)
     assert use_shared_json_shape() == 0
+
+
+def test_every_log_format_the_chart_allows_is_one_the_operator_accepts() -> None:
+    schema = json.loads((Path(__file__).resolve().parents[2] / "charts/xqueue/values.schema.json").read_text())
+    allowed = schema["properties"]["operator"]["properties"]["logFormat"]["enum"]
+    assert set(allowed) == set(LOG_FORMATS)
