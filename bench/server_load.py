@@ -20,6 +20,7 @@ and commits (pg_stat_database.xact_commit) of the benchmark's database.
     make bench-server
     python bench/server_load.py --durability durable,fast --servers 1,2 --seconds 10
     python bench/server_load.py --server-src /tmp/old-tree   # the server of another source tree
+    python bench/server_load.py --durability durable --servers 1 --profile /tmp/server.raw --show-statements
 """
 
 from __future__ import annotations
