@@ -18,7 +18,6 @@ import time
 import traceback
 from typing import Any
 
-BASE_KEYS = ("ts", "level", "logger", "msg")
 EXC_KEY = "exc"
 
 

@@ -68,10 +68,6 @@ class QueueStatus:
         return sum(b.results for b in self.buckets)
 
     @property
-    def errors_total(self) -> int:
-        return sum(b.errors for b in self.buckets)
-
-    @property
     def failed_total(self) -> int:
         return sum(b.failed for b in self.buckets)
 

@@ -40,10 +40,6 @@ class FormError(ValueError):
         self.limit = limit
 
 
-# The submit endpoint's historical name for the same error.
-UploadError = FormError
-
-
 @dataclass(frozen=True)
 class FormLimits:
     max_total: int  # the whole body

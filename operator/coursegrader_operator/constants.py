@@ -14,7 +14,6 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "CourseGrader"
 PLURAL = "coursegraders"
-SHORT_NAME = "cg"
 
 OPERATOR_NAME = "coursegrader-operator"
 FIELD_MANAGER = OPERATOR_NAME

@@ -50,7 +50,6 @@ Tier = Literal["A", "B", "C"]
 TIER_A_BINARIES = ("etcd", "kube-apiserver", "kubectl")
 TIER_C_BINARIES = (*TIER_A_BINARIES, "kube-controller-manager", "kube-scheduler")
 TIER_B_BINARIES = (*TIER_C_BINARIES, "kwok")
-ALL_BINARIES = (*TIER_B_BINARIES, "helm")
 KWOK_STAGES = "kwok-stages.yaml"
 
 # Name and selector of the fake node kwok manages. No NoSchedule taint (unlike kwok's example):

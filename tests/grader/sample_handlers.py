@@ -10,13 +10,6 @@ from xqueue_grader.protocol import Submission, parse_body
 from xqueue_grader.results import GradeResult, make_reply
 
 
-def legacy_length(content: dict[str, Any]) -> dict[str, Any]:
-    """An xqueue-watcher style plain callable: full marks for answers of the right length."""
-    body = json.loads(content["xqueue_body"])
-    ok = len(body["student_response"]) == 5
-    return {"correct": ok, "score": 1 if ok else 0, "msg": "<p>length checked</p>"}
-
-
 class LegacyClass:
     """An xqueue-watcher style class handler, instantiated with KWARGS."""
 

@@ -60,10 +60,6 @@ def grader_process(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Po
                 proc.wait(5)
 
 
-def callbacks_by_key(lms: FakeLMS, keys: list[str]) -> dict[str, list[Callback]]:
-    return {key: lms.for_key(key) for key in keys}
-
-
 def body_of(callback: Callback) -> dict[str, Any]:
     assert isinstance(callback.xqueue_body, dict), callback.raw_body
     return callback.xqueue_body
