@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +100,8 @@ class PodWatch:
         import kubernetes
 
         with contextlib.closing(self.node.api_client()) as api:
-            client = (kubernetes.client.CoreV1Api(api) if list_call == "pods"
-                      else kubernetes.client.AppsV1Api(api))
-            method = client.list_namespaced_pod if list_call == "pods" else client.list_namespaced_deployment
+            method: Callable[..., Any] = (kubernetes.client.CoreV1Api(api).list_namespaced_pod if list_call == "pods"
+                                          else kubernetes.client.AppsV1Api(api).list_namespaced_deployment)
             while not self._stop.is_set():
                 watch = kubernetes.watch.Watch()
                 # Short server-side timeouts: the loop notices _stop within a few seconds.

@@ -332,7 +332,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 name = f"one-{i}"
                 await api.call("POST", cg_path(), coursegrader(name, f"bench-q{i}", server.url))
                 made = time.monotonic()
-                await wait_until(lambda k=name: k in tracker.status and k in tracker.deployment, 60, name)
+                def created_ready(k: str = name) -> bool:
+                    return k in tracker.status and k in tracker.deployment
+
+                await wait_until(created_ready, 60, name)
                 single.append(max(tracker.status[name], tracker.deployment[name]) - made)
             results["create_to_ready_one_at_a_time"] = {
                 "objects": n, "p50_s": round(percentile(single, 50), 3), "p99_s": round(percentile(single, 99), 3),
@@ -347,16 +350,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for b in range(args.bursts):
                 name, queue = f"burst-{b}", f"burst-q{b}"
                 await api.call("POST", cg_path(), coursegrader(name, queue, server.url))
-                await wait_until(lambda n=name: n in tracker.status and n in tracker.deployment, 60, "burst CG")
+                def burst_ready(n: str = name) -> bool:
+                    return n in tracker.status and n in tracker.deployment
+
+                def scaled_up(n: str = name) -> bool:
+                    return any(r > 1 for _, r in tracker.replicas.get(n, []))
+
+                def at_max(n: str = name) -> bool:
+                    return any(r == 10 for _, r in tracker.replicas.get(n, []))
+
+                await wait_until(burst_ready, 60, "burst CG")
                 await asyncio.sleep(2.5)  # at least one scale tick with an empty queue
                 first, last = await submit_burst(server, queue, args.burst_size)
-                await wait_until(lambda n=name: any(r > 1 for _, r in tracker.replicas.get(n, [])), 30,
-                                 "scale-up")
+                await wait_until(scaled_up, 30, "scale-up")
                 up_at = next(t for t, r in tracker.replicas[name] if r > 1)
                 reactions_last.append(max(0.0, up_at - last))
                 reactions_first.append(up_at - first)
-                await wait_until(lambda n=name: any(r == 10 for _, r in tracker.replicas.get(n, [])), 30,
-                                 "maxReplicas")
+                await wait_until(at_max, 30, "maxReplicas")
                 to_max.append(next(t for t, r in tracker.replicas[name] if r == 10) - first)
             results["scale_reaction"] = {
                 "bursts": args.bursts, "submissions_per_burst": args.burst_size, "scale_interval_s": 2,

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import os
@@ -43,7 +44,7 @@ FAST_ENV = {
 }
 
 
-def wait_for(check: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.1) -> T:
+def wait_for(check: Callable[[], T | bool | None], *, timeout: float, what: str, interval: float = 0.1) -> T:
     """Return check()'s first truthy value; fail after `timeout` s (and a matching number of tries)."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -139,7 +140,7 @@ class Rest:
         resp.raise_for_status()
         return True
 
-    def events(self, ns: str, name: str) -> list[dict[str, Any]]:
+    def events(self, ns: str, name: str) -> builtins.list[dict[str, Any]]:  # plain `list` names the method above
         return [e for e in self.list("Event", ns)
                 if e.get("involvedObject", {}).get("name") == name
                 and e.get("involvedObject", {}).get("kind") == C.KIND]
@@ -178,7 +179,8 @@ def operator_errors(output: str) -> list[str]:
     XQueue server running in a thread; its records are not the operator's to answer for.
     """
     found: list[str] = []
-    logger, level, block = "", "", []
+    logger, level = "", ""
+    block: list[str] = []
     for line in [*output.splitlines(), "[end] end [INFO]"]:
         m = _LOG_LINE.match(line)
         if m:

@@ -56,13 +56,15 @@ def test_deployment_becomes_ready_through_kwok(kube: ControlPlane, kube_namespac
     }
     with kube.api_client() as client:
         apps = kubernetes.client.AppsV1Api(client)
-        apps.create_namespaced_deployment(kube_namespace, deployment)
+        # The generated signature names the model class; the client serializes a plain manifest as well.
+        apps.create_namespaced_deployment(kube_namespace, deployment)  # type: ignore[arg-type]
         # Deployment -> ReplicaSet (controller-manager) -> Pods -> bound (scheduler) -> Running/Ready
         # (kwok) -> status.readyReplicas (controller-manager). Poll with a deadline, no fixed sleep.
         deadline = time.monotonic() + 60
         status = None
         for _ in range(600):
             status = apps.read_namespaced_deployment_status(name, kube_namespace).status
+            assert status is not None, "a Deployment read back from the API server has a status"
             if status.ready_replicas == 2 and status.available_replicas == 2:
                 break
             assert time.monotonic() < deadline, f"deployment not ready after 60 s: {status}"
@@ -72,7 +74,8 @@ def test_deployment_becomes_ready_through_kwok(kube: ControlPlane, kube_namespac
         pods = kubernetes.client.CoreV1Api(client).list_namespaced_pod(
             kube_namespace, label_selector=f"app={name}").items
     assert len(pods) == 2
-    assert all(p.status.phase == "Running" and p.spec.node_name for p in pods)
+    # The generated models make every field optional; a pod read from the API server has status and spec.
+    assert all(p.status.phase == "Running" and p.spec.node_name for p in pods)  # type: ignore[union-attr]
 
 
 def test_helm_binary_runs(kube: ControlPlane, kube_namespace: str) -> None:

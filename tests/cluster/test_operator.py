@@ -284,7 +284,10 @@ def test_deleting_a_coursegrader_removes_its_objects(ns: str, rest: Rest) -> Non
         # No finalizer: the object goes at once and garbage collection takes the children.
         wait_for(lambda: rest.get(C.KIND, ns, "course-f") is None, timeout=10, what="CourseGrader gone")
         for kind, name in names("course-f").items():
-            wait_for(lambda k=kind, n=name: rest.get(k, ns, n) is None, timeout=30, what=f"{kind} collected")
+            def collected(k: str = kind, n: str = name) -> bool:
+                return rest.get(k, ns, n) is None
+
+            wait_for(collected, timeout=30, what=f"{kind} collected")
         # ... and the operator does not resurrect them (checked several times over two seconds).
         for _ in range(10):
             assert rest.get("Deployment", ns, "course-f-grader") is None

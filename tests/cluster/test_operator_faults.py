@@ -120,10 +120,15 @@ def test_two_coursegraders_claiming_one_queue_are_told(ns: str, second_ns: str, 
         rest.create(C.KIND, ns, coursegrader_manifest("first", queue="shared-queue"))
         rest.create(C.KIND, second_ns, coursegrader_manifest("second", queue="shared-queue"))
         for here, name, other in ((ns, "first", f"{second_ns}/second"), (second_ns, "second", f"{ns}/first")):
-            cond = wait_for(lambda h=here, n=name: condition(rest.get(C.KIND, h, n), C.COND_QUEUE_CONFLICT),
-                            timeout=20, what=f"QueueConflict on {name}")
+            def conflict(h: str = here, n: str = name) -> dict[str, Any]:
+                return condition(rest.get(C.KIND, h, n), C.COND_QUEUE_CONFLICT)
+
+            def conflict_events(h: str = here, n: str = name) -> list[dict[str, Any]]:
+                return reasons(rest, h, n, "QueueConflict")
+
+            cond = wait_for(conflict, timeout=20, what=f"QueueConflict on {name}")
             assert cond["status"] == "True" and other in cond["message"], cond
-            event = wait_for(lambda h=here, n=name: reasons(rest, h, n, "QueueConflict"), timeout=10,
+            event = wait_for(conflict_events, timeout=10,
                              what=f"a QueueConflict event on {name}")
             assert event[0]["type"] == "Warning" and "shared-queue" in event[0]["message"]
         rest.delete(C.KIND, second_ns, "second")

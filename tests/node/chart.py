@@ -66,7 +66,8 @@ DEMO_GRADES = {"correct": (True, 1.0), "incorrect": (False, 0.0), "broken": (Fal
 class Cluster(Protocol):
     """What install_system needs of the real_cluster fixture (tests/node/conftest.py)."""
 
-    images: Mapping[str, str]
+    @property
+    def images(self) -> Mapping[str, str]: ...
 
     def kubectl(self, *args: str, check: bool = True, timeout: float = 60,
                 input: str | None = None) -> Any: ...

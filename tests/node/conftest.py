@@ -88,7 +88,8 @@ def node_images() -> dict[str, ImageSpec]:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None],
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report: pytest.TestReport = yield
     if report.failed and _active is not None and HERE in item.path.parents:
         report.sections.append((f"tier-C component logs ({_active.log_dir})", _active.log_tails(LOG_TAIL_LINES)))

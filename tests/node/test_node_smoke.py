@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,7 +120,7 @@ def apply(cluster: RealNode, namespace: str, *objects: dict[str, object]) -> Non
                                                                          "items": list(objects)}))
 
 
-def pods(cluster: RealNode, namespace: str, app: str) -> list[dict[str, object]]:
+def pods(cluster: RealNode, namespace: str, app: str) -> list[dict[str, Any]]:
     out = cluster.kubectl("get", "pods", "-n", namespace, "-l", f"app={app}", "-o", "json").stdout
     return list(json.loads(out)["items"])
 
@@ -161,8 +162,8 @@ def web(real_cluster: RealNode) -> Iterator[tuple[str, list[str]]]:
     t0 = time.monotonic()
     real_cluster.kubectl("rollout", "status", "-n", ns, "deployment/web", "--timeout=120s", timeout=130)
     print(f"2-replica Deployment available after {time.monotonic() - t0:.1f} s")
-    names = sorted(str(p["metadata"]["name"]) for p in pods(real_cluster, ns, "web")  # type: ignore[index]
-                   if not p["metadata"].get("deletionTimestamp"))  # type: ignore[union-attr]
+    names = sorted(str(p["metadata"]["name"]) for p in pods(real_cluster, ns, "web")
+                   if not p["metadata"].get("deletionTimestamp"))
     yield ns, names
     real_cluster.kubectl("delete", "namespace", ns, "--ignore-not-found", "--timeout=90s", timeout=100, check=False)
 
@@ -205,7 +206,7 @@ def test_restricted_pods_run_confined(real_cluster: RealNode, web: tuple[str, li
 def test_logs_and_pod_to_pod_http_over_the_bridge(real_cluster: RealNode, web: tuple[str, list[str]]) -> None:
     ns, names = web
     assert "serving on 8080" in real_cluster.kubectl("logs", "-n", ns, names[0]).stdout
-    ips = {str(p["metadata"]["name"]): str(p["status"]["podIP"])  # type: ignore[index]
+    ips = {str(p["metadata"]["name"]): str(p["status"]["podIP"])
            for p in pods(real_cluster, ns, "web")}
     target_ip = ips[names[1]]
     assert target_ip.startswith("10.85.0.")
@@ -262,7 +263,7 @@ def test_deleting_a_pod_delivers_sigterm(real_cluster: RealNode, node_namespace:
                                                    grace=6))
     real_cluster.kubectl("rollout", "status", "-n", node_namespace, "deployment/term", "--timeout=120s",
                          timeout=130)
-    (pod,) = [str(p["metadata"]["name"]) for p in pods(real_cluster, node_namespace, "term")]  # type: ignore[index]
+    (pod,) = [str(p["metadata"]["name"]) for p in pods(real_cluster, node_namespace, "term")]
     t0 = time.monotonic()
     real_cluster.kubectl("delete", "pod", "-n", node_namespace, pod, "--wait=false")
     deadline = t0 + 15

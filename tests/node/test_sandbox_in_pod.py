@@ -156,16 +156,16 @@ def test_abuse_suite_passes_inside_a_grader_pod(real_cluster: Any, node_namespac
                                input=archive, timeout=600, check=False)
     elapsed = time.monotonic() - started
     output = out.stdout + out.stderr
-    pod = inpod_suite.parse_results(out.stdout)
-    assert pod is not None, f"no results line from the pod (exit {out.returncode}):\n{output[-6000:]}\n" \
+    results = inpod_suite.parse_results(out.stdout)
+    assert results is not None, f"no results line from the pod (exit {out.returncode}):\n{output[-6000:]}\n" \
                             f"{describe(real_cluster, ns, 'abuse-suite')}"
     # Only what a harness without root cannot drive is left out, by the plugin's stated rule.
-    assert sorted(pod.deselected) == sorted(inpod_suite.plugin_module().deselected_ids(expected))
-    ran = sorted(set(expected) - set(pod.deselected))
-    assert sorted(pod.outcomes) == ran, sorted(set(ran) ^ set(pod.outcomes))
-    failed = {k: v for k, v in pod.outcomes.items() if v != "passed"}
-    digest = "\n\n".join(f"{k}: {v}\n{pod.failures.get(k, '')}" for k, v in sorted(failed.items()))
+    assert sorted(results.deselected) == sorted(inpod_suite.plugin_module().deselected_ids(expected))
+    ran = sorted(set(expected) - set(results.deselected))
+    assert sorted(results.outcomes) == ran, sorted(set(ran) ^ set(results.outcomes))
+    failed = {k: v for k, v in results.outcomes.items() if v != "passed"}
+    digest = "\n\n".join(f"{k}: {v}\n{results.failures.get(k, '')}" for k, v in sorted(failed.items()))
     assert not failed and out.returncode == 0, f"{len(failed)} of {len(ran)} failed in the pod:\n{digest}"
     assert len(ran) >= 20, ran
-    print(f"abuse suite in the pod: {len(ran)} passed, {len(pod.deselected)} need a root harness, "
+    print(f"abuse suite in the pod: {len(ran)} passed, {len(results.deselected)} need a root harness, "
           f"in {elapsed:.1f} s")

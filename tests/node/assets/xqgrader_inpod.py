@@ -74,6 +74,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if os.geteuid() == 0:
         return
     patched = []
+    module: Any  # a test module, patched by attribute
     for name, module in list(sys.modules.items()):
         if not name.startswith("tests.grader.") or not hasattr(module, "sandbox_processes"):
             continue
