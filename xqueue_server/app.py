@@ -147,11 +147,9 @@ async def _listen_forever(db: Database, waiters: QueueWaiters, deliverer: Callba
     delay = 0.5
     while True:
         try:
-            async with db.listen("xqueue_submissions", waiters.notify) as conn:
+            async with db.listen(waiters.notify, deliverer.notify) as conn:
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                await conn.add_listener("xqueue_callbacks", lambda *_args: deliverer.notify())
-                await conn.add_listener("xqueue_credentials", db.credentials.invalidate)
                 # Sessions may be remembered only while every change to them is heard (db.CredentialsCache).
                 db.credentials.enable(True)
                 delay = 0.5

@@ -1,8 +1,16 @@
 """Accounts: password hashing, session and API-token secrets, per-queue permissions.
 
 Passwords are hashed with scrypt (memory-hard, salted; in the standard library). Session cookies and
-API tokens are random secrets of which only a SHA-256 digest is stored. Nothing that grants access is
-cached beyond one request (see ``Authenticator``).
+API tokens are random secrets of which only a SHA-256 digest is stored.
+
+What is cached, per process: which account a session cookie belongs to (``db.CredentialsCache``).
+Every change to accounts or sessions is announced on the ``xqueue_credentials`` NOTIFY channel
+(migration 0006); the LISTEN connection (``db.Database.listen``) clears the cache on each one, this
+process's own changes clear it at once, and the cache is off while that connection is down. An entry
+lives at most 5 s (``CredentialsCache.MAX_SECONDS``) and never beyond its session's expiry, so even a
+notification lost on a silently broken connection is outlived by at most 5 s. API tokens are not
+cached; HTTP Basic remembers only a verified password together with the hash it matched (see
+``Authenticator``).
 """
 
 from __future__ import annotations
@@ -14,10 +22,8 @@ import hmac
 import logging
 import secrets
 
-import asyncpg
-
 from . import passwords, upstream_writer
-from .db import Account, Database
+from .db import Account, AccountMissing, Database, DatabaseError, driver_errors
 from .metrics import Metrics
 from .outage import DatabaseUnavailable
 from .ratelimit import LoginLimits, throttled_message, wait_seconds
@@ -115,9 +121,10 @@ def _throttle_name(username: str) -> str:
 class Authenticator:
     """Resolves credentials to accounts.
 
-    Sessions and API tokens are looked up in PostgreSQL on every request (one indexed query), so a
-    logout, a password change, a deactivation, a deletion or a token revocation on any replica holds
-    on every replica from the next request on: there is no cache that could outlive it.
+    API tokens are looked up in PostgreSQL on every request (one indexed query), so a revocation on
+    any replica holds on every replica from the next request on. Sessions are looked up the same way
+    unless this process remembered the answer (``db.CredentialsCache``): a logout, a password change,
+    a deactivation or a deletion on any replica reaches the others by NOTIFY, within 5 s at worst.
 
     HTTP Basic would cost a deliberately slow scrypt on every request, so a successful verification
     is remembered, but only together with the stored hash it matched. The account row (hash,
@@ -180,8 +187,9 @@ class Authenticator:
         the account now has. A failure only postpones this to the next login."""
         ours = await asyncio.to_thread(hash_password, password)
         try:
-            replaced = await upstream_writer.rehash_password(self.db, account.id, django_hash, ours)
-        except (DatabaseUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            with driver_errors():
+                replaced = await upstream_writer.rehash_password(self.db, account.id, django_hash, ours)
+        except (DatabaseUnavailable, OSError, DatabaseError) as exc:
             log.warning("could not replace an imported password hash; trying again at the next login",
                         extra={"fields": {"account": account.username, "error": type(exc).__name__}})
             return django_hash
@@ -197,7 +205,7 @@ class Authenticator:
         secret = new_secret()
         try:
             await self.db.create_session(digest_secret(secret), account.id, self.session_max_age)
-        except asyncpg.ForeignKeyViolationError:
+        except AccountMissing:
             return None
         return secret
 

@@ -105,7 +105,7 @@ class QueueRefused(Exception):
 
 
 def queue_name_of(header: str) -> str | None:
-    """The queue an xqueue_header names, coerced like ``protocol.parse_submit``; None if it names none
+    """The queue an xqueue_header names, coerced like ``protocol.parse_lms_submission``; None if it names none
     (the full validation comes later)."""
     try:
         decoded = json.loads(header)
@@ -141,7 +141,7 @@ async def submit(request: web.Request) -> web.Response:
     except FormError as exc:
         return reply(p.failure(exc.message if exc.limit else f"{p.SUBMIT_INVALID_FORMAT}: {exc.message}"))
     try:
-        parsed = p.parse_submit(
+        parsed = p.parse_lms_submission(
             form.fields.get("xqueue_header"),
             form.fields.get("xqueue_body"),
             ctx.settings.max_header_bytes,
@@ -277,7 +277,7 @@ async def put_result(request: web.Request) -> web.Response:
     bulk = form.get("results")
     if isinstance(bulk, str):
         try:
-            items = p.parse_bulk_results(bulk)
+            items = p.parse_grader_bulk_results(bulk)
         except p.ProtocolError as exc:
             return reply(p.failure(exc.message))
         if len(items) > ctx.settings.bulk_max:
@@ -290,7 +290,7 @@ async def put_result(request: web.Request) -> web.Response:
 async def _record_one(request: web.Request, account: Account, header: Any, body: Any) -> dict[str, Any]:
     ctx = AppContext.of(request)
     try:
-        parsed = p.parse_reply(header, body)
+        parsed = p.parse_grader_reply(header, body)
     except p.ProtocolError as exc:
         ctx.metrics.results.labels("invalid").inc()
         return p.failure(exc.message)

@@ -11,8 +11,8 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -26,6 +26,12 @@ SQL_DIR = resources.files("xqueue_server") / "sql"
 # A lock id of our own, so concurrent replicas never apply migrations twice.
 MIGRATION_LOCK_ID = 0x58515545  # "XQUE"
 DB_RETRY_SECONDS = 1.0  # pause between connection attempts while waiting for the database
+
+# NOTIFY channels. The SQL in sql/ names them too (pg_notify in queries.sql and upstream_import.sql,
+# the trigger of migration 0006); these are the names the LISTEN side uses.
+SUBMISSIONS_CHANNEL = "xqueue_submissions"  # payload: a queue that may have work for a waiting grader
+CALLBACKS_CHANNEL = "xqueue_callbacks"  # the outbox has callbacks due
+CREDENTIALS_CHANNEL = "xqueue_credentials"  # an account or session changed (see CredentialsCache)
 
 log = logging.getLogger("xqueue_server.db")
 
@@ -50,6 +56,28 @@ def migration_files() -> list[tuple[int, str, str]]:
         if match:
             found.append((int(match.group(1)), entry.name, entry.read_text()))
     return sorted(found)
+
+
+class DatabaseError(Exception):
+    """A statement the database refused or a connection the driver lost, in the server's terms.
+
+    Raised by ``Database`` methods that translate driver errors (the driver's exception is the
+    ``__cause__``), so no other module needs to know asyncpg's exception classes.
+    """
+
+
+class AccountMissing(DatabaseError):
+    """The account a row was to refer to no longer exists (deleted concurrently)."""
+
+
+@contextmanager
+def driver_errors() -> Iterator[None]:
+    """Driver errors raised in the block (a refused statement, a lost connection) become
+    DatabaseError, for callers that use the database through other modules' queries."""
+    try:
+        yield
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise DatabaseError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -384,7 +412,7 @@ class Database:
     async def redeliver_callbacks(self, ids: Sequence[int] | None) -> list[int]:
         rows = await self.pool.fetch(QUERIES["redeliver_callbacks"], None if ids is None else list(ids))
         if rows:
-            await self.pool.execute("SELECT pg_notify('xqueue_callbacks', '')")
+            await self.pool.execute("SELECT pg_notify($1, '')", CALLBACKS_CHANNEL)
         return [r["id"] for r in rows]
 
     async def callback_counts(self) -> dict[str, int]:
@@ -438,7 +466,11 @@ class Database:
         return [dict(r) for r in await self.pool.fetch(QUERIES["list_accounts"])]
 
     async def create_session(self, key_hash: str, account_id: int, max_age_seconds: float) -> None:
-        await self.pool.execute(QUERIES["create_session"], key_hash, account_id, float(max_age_seconds))
+        """Raises AccountMissing when the account was deleted in the meantime."""
+        try:
+            await self.pool.execute(QUERIES["create_session"], key_hash, account_id, float(max_age_seconds))
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise AccountMissing(account_id) from exc
 
     async def session_account(self, key_hash: str) -> Account | None:
         cached = self.credentials.get(key_hash)
@@ -529,15 +561,23 @@ class Database:
 
     # ------------------------------------------------------------------ notifications
     @asynccontextmanager
-    async def listen(self, channel: str, callback: Callable[[str], None]) -> AsyncIterator[asyncpg.Connection]:
-        """Hold a dedicated connection LISTENing on ``channel``; ``callback(payload)`` per notification."""
+    async def listen(self, on_submission: Callable[[str], None],
+                     on_callbacks: Callable[[], None]) -> AsyncIterator[asyncpg.Connection]:
+        """Hold a dedicated connection LISTENing on the three channels: ``on_submission(queue_name)``
+        per submission notice, ``on_callbacks()`` when callbacks are due; credential changes
+        invalidate ``self.credentials``."""
         conn: asyncpg.Connection = await asyncpg.connect(self.dsn)
 
-        def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-            callback(payload)
+        def submissions(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            on_submission(payload)
+
+        def callbacks(*_args: object) -> None:
+            on_callbacks()
 
         try:
-            await conn.add_listener(channel, on_notify)
+            await conn.add_listener(SUBMISSIONS_CHANNEL, submissions)
+            await conn.add_listener(CALLBACKS_CHANNEL, callbacks)
+            await conn.add_listener(CREDENTIALS_CHANNEL, self.credentials.invalidate)
             yield conn
         finally:
             try:

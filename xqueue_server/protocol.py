@@ -77,15 +77,15 @@ class ProtocolError(ValueError):
 
 
 @dataclass(frozen=True)
-class SubmitRequest:
+class LmsSubmission:
     queue_name: str
     callback_url: str
     xqueue_header: str
     xqueue_body: str
 
 
-def parse_submit(header: Any, body: Any, max_header_bytes: int, max_body_bytes: int) -> SubmitRequest:
-    """Validate the submit form fields like upstream's ``_is_valid_request``, plus limits it lacked."""
+def parse_lms_submission(header: Any, body: Any, max_header_bytes: int, max_body_bytes: int) -> LmsSubmission:
+    """Validate the submit form fields an LMS sends (upstream's ``_is_valid_request``, plus limits it lacked)."""
     if not isinstance(header, str) or not isinstance(body, str):
         raise ProtocolError(SUBMIT_INVALID_FORMAT)
     if "\x00" in header or "\x00" in body:
@@ -116,7 +116,7 @@ def parse_submit(header: Any, body: Any, max_header_bytes: int, max_body_bytes: 
     queue_name = decoded["queue_name"]
     if isinstance(queue_name, dict | list):
         raise ProtocolError(SUBMIT_INVALID_FORMAT)
-    return SubmitRequest(
+    return LmsSubmission(
         queue_name=str(queue_name), callback_url=callback_url, xqueue_header=header, xqueue_body=body
     )
 
@@ -132,14 +132,15 @@ def is_absolute_http_url(url: str) -> bool:
 
 
 @dataclass(frozen=True)
-class ReplyRequest:
+class GraderReply:
     submission_id: int
     submission_key: str
     xqueue_body: str
 
 
-def parse_reply(header: Any, body: Any) -> ReplyRequest:
-    """Validate a put_result like upstream's ``_is_valid_reply``; a non-numeric id is an error, not a 500."""
+def parse_grader_reply(header: Any, body: Any) -> GraderReply:
+    """Validate a grader's put_result fields like upstream's ``_is_valid_reply``; a non-numeric id is an
+    error, not a 500. (The grader's ``parse_server_reply`` reads the server's answer to it.)"""
     if not isinstance(header, str) or not isinstance(body, str):
         raise ProtocolError(INCORRECT_REPLY_FORMAT)
     if "\x00" in body or "\x00" in header:
@@ -166,7 +167,7 @@ def parse_reply(header: Any, body: Any) -> ReplyRequest:
     key = decoded["submission_key"]
     if not isinstance(key, str) or text_problem(key) or len(key) > 200:
         raise ProtocolError(INCORRECT_KEY)
-    return ReplyRequest(submission_id=submission_id, submission_key=key, xqueue_body=body)
+    return GraderReply(submission_id=submission_id, submission_key=key, xqueue_body=body)
 
 
 def submission_content(submission_id: int, pullkey: str, xqueue_body: str, file_urls: dict[str, str]) -> dict:
@@ -191,8 +192,8 @@ def parse_positive_number(raw: str | None, name: str, cap: float) -> float | Non
     return min(value, cap)
 
 
-def parse_bulk_results(raw: str) -> list[tuple[Any, Any]]:
-    """The bulk put_result field: a JSON list of {"xqueue_header", "xqueue_body"} objects."""
+def parse_grader_bulk_results(raw: str) -> list[tuple[Any, Any]]:
+    """A grader's bulk put_result field: a JSON list of {"xqueue_header", "xqueue_body"} objects."""
     try:
         items = parse_json(raw, "results")
     except InputError as exc:

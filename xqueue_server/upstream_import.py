@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from urllib.parse import urljoin
 
 from . import passwords
-from .protocol import ProtocolError, is_absolute_http_url, parse_submit
+from .protocol import ProtocolError, is_absolute_http_url, parse_lms_submission
 from .validation import NAME_PATTERN, InputError, check_file_name
 
 # Our submit limits (config defaults): an imported row must be one our own submit would take.
@@ -177,7 +177,7 @@ def plan_submission(sub: UpstreamSubmission, *, fetch_files: bool = False) -> Pl
     if not NAME_PATTERN.match(sub.queue_name or ""):
         return Skipped("submission", name, "queue name is not one this server accepts")
     try:
-        parsed = parse_submit(sub.xqueue_header, sub.xqueue_body, MAX_HEADER_BYTES, MAX_BODY_BYTES)
+        parsed = parse_lms_submission(sub.xqueue_header, sub.xqueue_body, MAX_HEADER_BYTES, MAX_BODY_BYTES)
     except ProtocolError as exc:
         return Skipped("submission", name, f"not a valid LMS submission: {exc.message}")
     # The callback goes where the LMS asked in the header (upstream posts there too); the column is

@@ -19,8 +19,8 @@ HEADER = json.dumps({"lms_callback_url": "https://lms.example/cb", "lms_key": "k
 
 
 def test_parse_submit_accepts_the_lms_header_and_keeps_it_verbatim() -> None:
-    parsed = p.parse_submit(HEADER, "body", 10_000, 10_000)
-    assert parsed == p.SubmitRequest("q", "https://lms.example/cb", HEADER, "body")
+    parsed = p.parse_lms_submission(HEADER, "body", 10_000, 10_000)
+    assert parsed == p.LmsSubmission("q", "https://lms.example/cb", HEADER, "body")
 
 
 @pytest.mark.parametrize("header", ["", "{", "[]", "1", json.dumps({"lms_key": "k", "queue_name": "q"}),
@@ -28,18 +28,18 @@ def test_parse_submit_accepts_the_lms_header_and_keeps_it_verbatim() -> None:
                                     json.dumps({"lms_callback_url": "ftp://x/y", "lms_key": "k", "queue_name": "q"})])
 def test_parse_submit_rejects_bad_headers(header: str) -> None:
     with pytest.raises(p.ProtocolError) as err:
-        p.parse_submit(header, "", 10_000, 10_000)
+        p.parse_lms_submission(header, "", 10_000, 10_000)
     assert err.value.message.startswith("Queue request has invalid format")
 
 
 def test_parse_submit_coerces_queue_name_like_upstream() -> None:
     header = json.dumps({"lms_callback_url": "http://lms/cb", "lms_key": "k", "queue_name": 42})
-    assert p.parse_submit(header, "", 10_000, 10_000).queue_name == "42"
+    assert p.parse_lms_submission(header, "", 10_000, 10_000).queue_name == "42"
 
 
 def test_parse_submit_enforces_size_limits() -> None:
     with pytest.raises(p.ProtocolError, match="larger than 10 bytes"):
-        p.parse_submit(HEADER, "x" * 11, 10_000, 10)
+        p.parse_lms_submission(HEADER, "x" * 11, 10_000, 10)
 
 
 @pytest.mark.parametrize(("header", "message"), [
@@ -52,12 +52,12 @@ def test_parse_submit_enforces_size_limits() -> None:
 ])
 def test_parse_reply_errors(header: str, message: str) -> None:
     with pytest.raises(p.ProtocolError) as err:
-        p.parse_reply(header, "{}")
+        p.parse_grader_reply(header, "{}")
     assert err.value.message == message
 
 
 def test_parse_reply_accepts_numeric_strings_like_upstream() -> None:
-    parsed = p.parse_reply(json.dumps({"submission_id": "17", "submission_key": "abc"}), "{}")
+    parsed = p.parse_grader_reply(json.dumps({"submission_id": "17", "submission_key": "abc"}), "{}")
     assert (parsed.submission_id, parsed.submission_key) == (17, "abc")
 
 
