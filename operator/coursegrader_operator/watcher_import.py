@@ -456,7 +456,10 @@ def convert(queue_files: Mapping[str, Any], options: ImportOptions, *,
             seen[str(queue)] = source
             item = _convert_queue(str(key), conf, source, options=options, servers=servers, codejail=codejail,
                                   taken=taken, secrets=secrets)
-            (result.converted if isinstance(item, ConvertedQueue) else result.unmapped).append(item)  # type: ignore[arg-type]
+            if isinstance(item, ConvertedQueue):
+                result.converted.append(item)
+            else:
+                result.unmapped.append(item)
     result.secrets = [SecretToCreate(name, str(v["username"]), str(v["server"]), tuple(v["used_by"]))
                       for name, v in sorted(secrets.items())]
     return result

@@ -18,8 +18,9 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -1043,8 +1044,12 @@ async def test_a_zygote_with_changed_limits_is_replaced(fresh_target: LocalTarge
 # -- the real daemon, as root or as one unprivileged uid ----------------------------------------------
 
 
+# real_daemon's value: starts a daemon with the given settings and returns it once it is ready.
+StartDaemon = Callable[..., Awaitable[DaemonProcess]]
+
+
 @pytest.fixture(params=MODES)
-async def real_daemon(request: pytest.FixtureRequest, fake_xqueue: FakeXQueue) -> AsyncIterator[object]:
+async def real_daemon(request: pytest.FixtureRequest, fake_xqueue: FakeXQueue) -> AsyncIterator[StartDaemon]:
     daemons: list[DaemonProcess] = []
 
     async def start(**settings: object) -> DaemonProcess:
@@ -1065,8 +1070,8 @@ async def graded(fake: FakeXQueue, submission_id: int, seconds: float = 30) -> d
     return body
 
 
-async def test_submissions_cannot_reach_the_daemon_process(real_daemon: object, fake_xqueue: FakeXQueue) -> None:
-    daemon = await real_daemon()  # type: ignore[operator]
+async def test_submissions_cannot_reach_the_daemon_process(real_daemon: StartDaemon, fake_xqueue: FakeXQueue) -> None:
+    daemon = await real_daemon()
     zygote = daemon.zygote_pid()
     before = {pid: process_settings(pid) for pid in (daemon.pid, zygote)}
     attack = fake_xqueue.submit(lms_body(PROBE, attempt(OUTCOME_HELPER + f"""
@@ -1085,8 +1090,8 @@ async def test_submissions_cannot_reach_the_daemon_process(real_daemon: object, 
     assert (await graded(fake_xqueue, right))["correct"] is True
 
 
-async def test_a_daemon_that_cannot_grade_stops_being_alive(real_daemon: object, fake_xqueue: FakeXQueue) -> None:
-    daemon = await real_daemon(self_test_seconds=0.5, liveness_grace_seconds=2)  # type: ignore[operator]
+async def test_a_daemon_that_cannot_grade_stops_being_alive(real_daemon: StartDaemon, fake_xqueue: FakeXQueue) -> None:
+    daemon = await real_daemon(self_test_seconds=0.5, liveness_grace_seconds=2)
     assert (await daemon.get("/healthz"))[0] == 200
     # Break the sandbox beyond what the daemon can repair: its scratch area and the folder in
     # which a fresh one would be made are gone, a file stands in the way.
@@ -1109,8 +1114,8 @@ async def test_a_daemon_that_cannot_grade_stops_being_alive(real_daemon: object,
         os.rename(daemon.scratch_root + ".gone", daemon.scratch_root)
 
 
-async def test_the_daemon_notices_its_own_limits_changing(real_daemon: object) -> None:
-    daemon = await real_daemon(self_test_seconds=0.5)  # type: ignore[operator]
+async def test_the_daemon_notices_its_own_limits_changing(real_daemon: StartDaemon) -> None:
+    daemon = await real_daemon(self_test_seconds=0.5)
     nofile = resource.RLIMIT_NOFILE
     original = prlimit(daemon.pid, nofile)
     cut = len(os.listdir(f"/proc/{daemon.pid}/fd")) + 20
@@ -1123,7 +1128,7 @@ async def test_the_daemon_notices_its_own_limits_changing(real_daemon: object) -
         # The hard limit too: a daemon that may raise it again (privileged) does; otherwise the
         # pod must be restarted, and liveness says so.
         prlimit(daemon.pid, nofile, (cut, cut))
-        outcome: list[object] = []
+        outcome: list[Any] = []  # [restored, /healthz body]
 
         async def settled() -> bool:
             status, body = await daemon.get("/healthz")
@@ -1136,7 +1141,7 @@ async def test_the_daemon_notices_its_own_limits_changing(real_daemon: object) -
         await wait_until(settled, 10, "liveness to reflect the daemon's changed limits", interval=0.2)
         restored, body = outcome
         if not restored:
-            assert "RLIMIT_NOFILE" in body["status"], body  # type: ignore[index]
+            assert "RLIMIT_NOFILE" in body["status"], body
     finally:
         # Raising a hard limit needs CAP_SYS_RESOURCE, which this test may lack as well.
         put_back = False
@@ -1148,8 +1153,8 @@ async def test_the_daemon_notices_its_own_limits_changing(real_daemon: object) -
     assert sum("changed from outside" in line["msg"] for line in daemon.log_lines()) <= 3
 
 
-async def test_running_out_of_file_descriptors_is_logged_once(real_daemon: object) -> None:
-    daemon = await real_daemon()  # type: ignore[operator]
+async def test_running_out_of_file_descriptors_is_logged_once(real_daemon: StartDaemon) -> None:
+    daemon = await real_daemon()
     original = prlimit(daemon.pid, resource.RLIMIT_NOFILE)
     open_fds = len(os.listdir(f"/proc/{daemon.pid}/fd"))
     clients: list[socket.socket] = []

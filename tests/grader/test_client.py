@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+from typing import Any
 
 import pytest
 
@@ -14,10 +15,10 @@ from xqueue_grader.protocol import parse_submission
 from .fake_xqueue import FakeXQueue
 
 
-def client_for(fake: FakeXQueue, **kwargs: object) -> XQueueClient:
-    options: dict[str, object] = {"username": fake.username, "password": fake.password, "timeout": 5}
+def client_for(fake: FakeXQueue, **kwargs: Any) -> XQueueClient:
+    options: dict[str, Any] = {"username": fake.username, "password": fake.password, "timeout": 5}
     options.update(kwargs)
-    return XQueueClient(fake.url, fake.queue, **options)  # type: ignore[arg-type]
+    return XQueueClient(fake.url, fake.queue, **options)
 
 
 async def test_login_once_then_pull_and_put(fake: FakeXQueue) -> None:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from xqueue_grader.health import HealthState, liveness, readiness
 
 
-def state(**changes: object) -> HealthState:
-    base: dict[str, object] = {"started": True, "stopping": False, "logged_in": True, "sandbox_running": True,
+def state(**changes: Any) -> HealthState:
+    base: dict[str, Any] = {"started": True, "stopping": False, "logged_in": True, "sandbox_running": True,
                                "sandbox_broken": False, "sandbox_failing_for": None}
     base.update(changes)
-    return HealthState(**base)  # type: ignore[arg-type]
+    return HealthState(**base)
 
 
 def test_a_working_daemon_is_alive_and_ready() -> None:

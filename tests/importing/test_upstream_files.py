@@ -48,7 +48,7 @@ class FileServer:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
 
     def stop(self) -> None:
         if self.runner is not None:

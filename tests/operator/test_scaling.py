@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -20,10 +21,10 @@ from coursegrader_operator.spec import ScalingPolicy
 
 
 def policy(**kw: float | bool) -> ScalingPolicy:
-    base = dict(enabled=True, min_replicas=1, max_replicas=10, target_per_slot=1.0, scale_up_window=0,
+    base: dict[str, Any] = dict(enabled=True, min_replicas=1, max_replicas=10, target_per_slot=1.0, scale_up_window=0,
                 scale_down_window=120, allow_scale_to_zero=False)
     base.update(kw)
-    return ScalingPolicy(**base)  # type: ignore[arg-type]
+    return ScalingPolicy(**base)
 
 
 @pytest.mark.parametrize(("queued", "in_flight", "slots", "target", "expected"), [

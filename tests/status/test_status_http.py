@@ -37,6 +37,12 @@ def section_of(page: str, name: str) -> str:
     return page[start:end if end > 0 else len(page)]
 
 
+def first_group(pattern: str, page: str) -> str:
+    match = re.search(pattern, page)
+    assert match is not None, f"{pattern} not in {page[:2000]}"
+    return match.group(1)
+
+
 def login_session(url: str, username: str, password: str) -> requests.Session:
     session = requests.Session()
     form = session.get(f"{url}/status/login/", timeout=10)
@@ -72,14 +78,14 @@ def test_login_form_checks_its_token_and_the_password(scenario: Scenario) -> Non
     form = session.get(f"{url}/status/login/", timeout=10)
     assert form.status_code == 200 and "status_csrf" in session.cookies
     assert "script-src" not in form.headers["Content-Security-Policy"]  # default-src 'none': no script at all
-    token = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
+    token = first_group(r'name="csrf" value="([^"]+)"', form.text)
     # A form posted from elsewhere (no or another token) logs nobody in.
     for fields in ({"username": STAFF[0], "password": STAFF[1]},
                    {"username": STAFF[0], "password": STAFF[1], "csrf": "other"}):
         refused = session.post(f"{url}/status/login/", data=fields, allow_redirects=False, timeout=10)
         assert refused.status_code == 400 and "login form expired" in refused.text
         assert "sessionid" not in refused.cookies
-    token = re.search(r'name="csrf" value="([^"]+)"', refused.text).group(1)  # type: ignore[union-attr]
+    token = first_group(r'name="csrf" value="([^"]+)"', refused.text)
     wrong = session.post(f"{url}/status/login/", data={"username": STAFF[0], "password": "nope", "csrf": token},
                          allow_redirects=False, timeout=10)
     assert wrong.status_code == 403 and "Incorrect username or password." in wrong.text
@@ -91,7 +97,7 @@ def test_login_form_checks_its_token_and_the_password(scenario: Scenario) -> Non
     staff = login_session(url, *STAFF)
     page = staff.get(f"{url}/status/", timeout=10)
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
-    logout_token = re.search(r'name="token" value="([0-9a-f]+)"', page.text).group(1)  # type: ignore[union-attr]
+    logout_token = first_group(r'name="token" value="([0-9a-f]+)"', page.text)
     forged = staff.post(f"{url}/status/logout/", data={"token": "0" * 64}, allow_redirects=False, timeout=10)
     assert forged.status_code == 400
     assert staff.get(f"{url}/status/", allow_redirects=False, timeout=10).status_code == 200

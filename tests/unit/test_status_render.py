@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from html.parser import HTMLParser
+from typing import Any
 
 import pytest
 
@@ -52,23 +53,23 @@ def parse(markup: str) -> Tree:
     return tree
 
 
-def page(*queues: QueueStatus, **overrides: object) -> StatusPage:
-    values: dict[str, object] = {
+def page(*queues: QueueStatus, **overrides: Any) -> StatusPage:
+    values: dict[str, Any] = {
         "username": "staff", "is_admin": False, "generated_at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
         "refresh_seconds": 30, "bucket_seconds": 300, "window_seconds": 3600, "graders_seen_seconds": 300,
         "queues": queues,
     }
     values.update(overrides)
-    return StatusPage(**values)  # type: ignore[arg-type]
+    return StatusPage(**values)
 
 
-def queue(name: str = "course-a", **overrides: object) -> QueueStatus:
-    values: dict[str, object] = {
+def queue(name: str = "course-a", **overrides: Any) -> QueueStatus:
+    values: dict[str, Any] = {
         "name": name, "waiting": 7, "in_flight": 2, "oldest_waiting_seconds": 125.0,
         "buckets": assemble_buckets([(0, "graded", 4), (0, "error", 1), (2, "failed", 3)], 12),
     }
     values.update(overrides)
-    return QueueStatus(**values)  # type: ignore[arg-type]
+    return QueueStatus(**values)
 
 
 def test_buckets_are_placed_oldest_first_and_out_of_range_rows_dropped() -> None:
