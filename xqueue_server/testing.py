@@ -97,7 +97,7 @@ class ServerThread:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.settings.port)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = self._runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{port}"
         db = await Database.connect(self.settings.database_url or "", 1, 2)
         try:
@@ -183,7 +183,7 @@ class FakeLMS:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self._runner.addresses[0][1]
         host = f"[{self.advertise_host}]" if ":" in self.advertise_host else self.advertise_host  # IPv6 literal
         self.url = f"{'https' if self.ssl_context else 'http'}://{host}:{self.port}"
 
