@@ -47,8 +47,18 @@ def safe_default(value: Any) -> str:
     return describe_exception(value) if isinstance(value, BaseException) else str(value)
 
 
+# The formatted second of the last record: a busy server writes hundreds of lines per second, and
+# strftime+gmtime was a visible share of each line's cost.
+_last_second: tuple[int, str] = (-1, "")
+
+
 def timestamp(record: logging.LogRecord) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+    global _last_second
+    second = int(record.created)
+    cached = _last_second
+    if cached[0] != second:
+        cached = _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{int(record.msecs):03d}Z"
 
 
 def log_entry(record: logging.LogRecord) -> dict[str, Any]:
@@ -68,12 +78,16 @@ def log_entry(record: logging.LogRecord) -> dict[str, Any]:
     return entry
 
 
+# json.dumps(..., default=...) builds a new encoder per call; one shared encoder holds only settings.
+_encode = json.JSONEncoder(default=safe_default).encode
+
+
 class JsonFormatter(logging.Formatter):
     def formatException(self, ei: Any) -> str:
         return format_exception_safely(ei[1]) if ei and ei[1] is not None else ""
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(log_entry(record), default=safe_default)
+        return _encode(log_entry(record))
 
 
 class TextFormatter(logging.Formatter):

@@ -13,7 +13,7 @@ import yaml
 from aiohttp import web
 
 from . import admin_api, classic_api, ops_api, status_api
-from .abuse import body_deadline, server_options
+from .abuse import server_options
 from .auth import Authenticator, hash_for
 from .config import Settings
 from .context import CONTEXT_KEY, AppContext
@@ -22,7 +22,7 @@ from .delivery import DELIVERER_KEY, CallbackDeliverer
 from .housekeeping import Housekeeper
 from .logs import error_fields
 from .metrics import Metrics
-from .middleware import edge_checks, last_resort
+from .middleware import request_middleware
 from .outage import is_unavailable
 from .ratelimit import LoginLimits
 from .storage import make_storage
@@ -75,14 +75,8 @@ def create_app(settings: Settings) -> web.Application:
     if not settings.database_url:
         raise ValueError("create_app needs settings.database_url (the CLI starts a local PostgreSQL when unset)")
     app = web.Application(
-        middlewares=[
-            last_resort,
-            # Upstream (Django APPEND_SLASH) answers 301 for a missing trailing slash.
-            web.normalize_path_middleware(append_slash=True, redirect_class=web.HTTPMovedPermanently),
-            edge_checks,
-            # Innermost: bounds the wait for the body around whatever reads it (slowloris).
-            body_deadline(settings.body_timeout_seconds, lambda: _count_slow_request(app)),
-        ],
+        # Last resort, append-slash redirect, edge checks and body deadline (slowloris), as one.
+        middlewares=[request_middleware(settings.body_timeout_seconds, lambda: _count_slow_request(app))],
         client_max_size=settings.max_request_bytes + 1_000_000,
         handler_args=server_options(settings.header_timeout_seconds),
     )

@@ -10,18 +10,28 @@ errors carry row values in their detail ("Failing row contains (...)", "Key (nam
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from xqueue_common.jsonlog import (
-    JsonFormatter,
-    TextFormatter,
-    describe_exception,
-    format_exception_safely,
-    setup_logging,
-)
+from xqueue_common import jsonlog
+from xqueue_common.jsonlog import JsonFormatter, TextFormatter, describe_exception, format_exception_safely
 
 __all__ = ["JsonFormatter", "TextFormatter", "describe_exception", "error_fields", "format_exception_safely",
            "setup_logging"]
+
+
+def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
+    """The shared setup, and records without what neither format writes.
+
+    At INFO the server logs each submit, pull, result and delivery. By default every record also
+    looks up its caller's frame (file, line, function), thread, process and asyncio task; neither
+    format writes them, so this process skips them (the logging module's documented switches)."""
+    jsonlog.setup_logging(level, fmt)
+    logging._srcfile = None  # type: ignore[attr-defined]  # no findCaller()
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging.logAsyncioTasks = False  # type: ignore[attr-defined]  # Python 3.12+; harmless before
 
 
 def error_fields(exc: BaseException) -> dict[str, Any]:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
 class Metrics:
     def __init__(self) -> None:
+        # The labelled request histograms by (route resource, method, status): ``labels()`` builds and
+        # looks up its key under a lock on every call, which showed in the per-request profile.
+        self._request_children: dict[tuple[Any, str, int], Any] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Histogram(
@@ -72,3 +79,15 @@ class Metrics:
             "xqueue_callback_hosts_saturated",
             "LMS hosts using all their delivery slots (XQUEUE_CALLBACK_PER_HOST_CONCURRENCY): slow or hung",
             registry=r)
+
+    def observe_request(self, resource: Any, method: str, status: int, seconds: float) -> None:
+        """One request's duration; ``resource`` is the matched aiohttp resource (None: no route)."""
+        # Any string can be an HTTP method; keep the label set (and this cache) bounded.
+        if method not in KNOWN_METHODS:
+            method = "OTHER"
+        key = (resource, method, status)
+        child = self._request_children.get(key)
+        if child is None:
+            route = resource.canonical if resource is not None else "unmatched"
+            child = self._request_children[key] = self.requests.labels(route, method, str(status))
+        child.observe(seconds)
