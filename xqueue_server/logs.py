@@ -27,7 +27,7 @@ def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     looks up its caller's frame (file, line, function), thread, process and asyncio task; neither
     format writes them, so this process skips them (the logging module's documented switches)."""
     jsonlog.setup_logging(level, fmt)
-    logging._srcfile = None  # type: ignore[attr-defined]  # no findCaller()
+    logging._srcfile = None  # no findCaller()
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
