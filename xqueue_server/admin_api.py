@@ -13,8 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .auth import can_pull, digest_secret, hash_for, new_secret
-from .context import AppContext, current_account
+from .auth import can_pull, current_account, digest_secret, hash_for, new_secret
+from .context import AppContext
 from .uploads import FormError, read_json_object
 from .validation import NAME_PATTERN, InputError, bounded_number
 

@@ -1,4 +1,5 @@
-"""Accounts: password hashing, session and API-token secrets, per-queue permissions.
+"""Accounts: password hashing, session and API-token secrets, per-queue permissions, and who is calling
+(``current_account``: session cookie, Bearer token or HTTP Basic).
 
 Passwords are hashed with scrypt (memory-hard, salted; in the standard library). Session cookies and
 API tokens are random secrets of which only a SHA-256 digest is stored.
@@ -17,12 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hashlib
 import hmac
 import logging
 import secrets
 
+from aiohttp import web
+
 from . import passwords, upstream_writer
+from .abuse import throttled_error
+from .config import Settings
+from .context import AppContext, client_ip
 from .db import Account, AccountMissing, Database, DatabaseError, driver_errors
 from .metrics import Metrics
 from .outage import DatabaseUnavailable
@@ -34,6 +41,8 @@ SCRYPT_R = 8
 SCRYPT_P = 1
 
 log = logging.getLogger("xqueue.auth")
+
+ACCOUNT_KEY: web.RequestKey[Account | None] = web.RequestKey("xqueue_account", Account | None)  # type: ignore[arg-type]
 
 
 def hash_password(password: str, *, n: int = SCRYPT_N) -> str:
@@ -220,3 +229,47 @@ class Authenticator:
 
 
 _DUMMY_HASH = hash_password("not a real password")
+
+
+# ---------------------------------------------------------------- requests: who is calling
+def set_session_cookie(response: web.Response, secret: str, settings: Settings) -> None:
+    response.set_cookie(
+        "sessionid", secret, max_age=settings.session_max_age_seconds, httponly=True, samesite="Lax",
+        secure=settings.session_cookie_secure, path="/",
+    )
+
+
+def _basic_credentials(header: str) -> tuple[str, str] | None:
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    username, sep, password = decoded.partition(":")
+    return (username, password) if sep else None
+
+
+async def current_account(request: web.Request) -> Account | None:
+    """The caller's account from its session cookie, Bearer token or HTTP Basic credentials.
+
+    The session is tried first: the LMS may also send Basic credentials meant for a fronting proxy,
+    which must not hide a valid session.
+    """
+    if ACCOUNT_KEY in request:
+        return request[ACCOUNT_KEY]
+    ctx = AppContext.of(request)
+    account: Account | None = None
+    secret = request.cookies.get("sessionid")
+    if secret and len(secret) < 200:
+        account = await ctx.auth.session(secret)
+    header = request.headers.get("Authorization", "")
+    if account is None and header[:7].lower() == "bearer " and len(header) < 500:
+        account = await ctx.auth.token(header[7:].strip())
+    if account is None and header[:6].lower() == "basic " and len(header) < 1000:
+        credentials = _basic_credentials(header)
+        if credentials is not None:
+            try:
+                account = await ctx.auth.basic(*credentials, client_ip(request))
+            except LoginThrottled as exc:
+                raise throttled_error(request.path, exc.message, exc.retry_after) from None
+    request[ACCOUNT_KEY] = account
+    return account

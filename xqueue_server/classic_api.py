@@ -2,14 +2,18 @@
 
 Handlers are thin: parse, call the database or storage, shape the envelope. Every application error
 is HTTP 200 with ``return_code`` 1, as upstream; unauthenticated calls get upstream's 302 to login.
+The shared start of an endpoint (login, HTTP method, the envelope for errors) is ``classic_endpoint``:
+a handler raises ``protocol.ProtocolError`` and the caller gets the failure envelope.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 from urllib.parse import quote
 
@@ -17,8 +21,16 @@ from aiohttp import web
 
 from . import handout
 from . import protocol as p
-from .auth import LoginThrottled, can_pull, can_submit, pull_scope, visible_queues
-from .context import AppContext, client_ip, current_account, set_session_cookie
+from .auth import (
+    LoginThrottled,
+    can_pull,
+    can_submit,
+    current_account,
+    pull_scope,
+    set_session_cookie,
+    visible_queues,
+)
+from .context import AppContext, client_ip
 from .db import Account
 from .delivery import DELIVERER_KEY
 from .ratelimit import retry_after_header
@@ -27,6 +39,8 @@ from .uploads import FormError, read_form, read_submit_form, small_form_limits
 
 log = logging.getLogger("xqueue.classic")
 routes = web.RouteTableDef()
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+AccountHandler = Callable[[web.Request, AppContext, Account], Awaitable[web.Response]]
 
 
 def reply(payload: dict[str, Any]) -> web.Response:
@@ -42,7 +56,50 @@ def redirect_to_login(request: web.Request) -> NoReturn:
     raise redirect
 
 
+def envelope_errors(handler: Handler) -> Handler:
+    """Answer a ``ProtocolError`` raised by ``handler`` with the failure envelope (HTTP 200, as upstream)."""
+
+    @functools.wraps(handler)
+    async def answered(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except p.ProtocolError as exc:
+            return reply(p.failure(exc.message))
+
+    return answered
+
+
+def classic_endpoint(method: str, wrong_method: str) -> Callable[[AccountHandler], Handler]:
+    """The preamble of the endpoints that need a login: no account is upstream's redirect to login,
+    another HTTP method than ``method`` is the failure ``wrong_method``; then the handler runs with the
+    context and the caller's account, its ``ProtocolError`` answered like those (``envelope_errors``)."""
+
+    def wrap(handler: AccountHandler) -> Handler:
+        @functools.wraps(handler)
+        @envelope_errors
+        async def endpoint(request: web.Request) -> web.Response:
+            account = await current_account(request)
+            if account is None:
+                redirect_to_login(request)
+            if request.method != method:
+                raise p.ProtocolError(wrong_method)
+            return await handler(request, AppContext.of(request), account)
+
+        return endpoint
+
+    return wrap
+
+
+def queue_param(request: web.Request, endpoint: str) -> str:
+    """The ``queue_name`` parameter every GET endpoint needs."""
+    queue_name = request.query.get("queue_name")
+    if queue_name is None:
+        raise p.ProtocolError(p.missing_queue_param(endpoint))
+    return queue_name
+
+
 @routes.route("*", "/xqueue/login/")
+@envelope_errors
 async def login(request: web.Request) -> web.Response:
     ctx = AppContext.of(request)
     if request.method != "POST":
@@ -53,11 +110,11 @@ async def login(request: web.Request) -> web.Response:
     try:
         form = (await read_form(request, ("username", "password"), small_form_limits(ctx.settings))).fields
     except FormError as exc:
-        return reply(p.failure(f"{p.INSUFFICIENT_LOGIN_INFO}: {exc.message}"))
+        raise p.ProtocolError(f"{p.INSUFFICIENT_LOGIN_INFO}: {exc.message}") from None
     username, password = form.get("username"), form.get("password")
     # Upstream answered 500 when only the username was missing; both missing fields get this message.
     if not isinstance(username, str) or not isinstance(password, str):
-        return reply(p.failure(p.INSUFFICIENT_LOGIN_INFO))
+        raise p.ProtocolError(p.INSUFFICIENT_LOGIN_INFO)
     try:
         account = await ctx.auth.check_password(username, password, client_ip(request))
     except LoginThrottled as exc:
@@ -68,10 +125,10 @@ async def login(request: web.Request) -> web.Response:
         return response
     if account is None:
         log.info("login failed", extra={"fields": {"username": username[:128], "ip": client_ip(request)}})
-        return reply(p.failure(p.INCORRECT_CREDENTIALS))
+        raise p.ProtocolError(p.INCORRECT_CREDENTIALS)
     secret = await ctx.auth.login(account)
     if secret is None:  # deleted between the password check and the session insert
-        return reply(p.failure(p.INCORRECT_CREDENTIALS))
+        raise p.ProtocolError(p.INCORRECT_CREDENTIALS)
     response = reply(p.success(p.LOGGED_IN))
     set_session_cookie(response, secret, ctx.settings)
     response.set_cookie("csrftoken", ctx.csrf_token(), samesite="Lax", path="/")
@@ -117,15 +174,10 @@ def queue_name_of(header: str) -> str | None:
 
 
 @routes.route("*", "/xqueue/submit/")
-async def submit(request: web.Request) -> web.Response:
-    ctx = AppContext.of(request)
-    account = await current_account(request)
-    if account is None:
-        return redirect_to_login(request)
-    if request.method != "POST":
-        return reply(p.failure(p.SUBMIT_NOT_POST))
+@classic_endpoint("POST", p.SUBMIT_NOT_POST)
+async def submit(request: web.Request, ctx: AppContext, account: Account) -> web.Response:
     if not account.is_admin and account.submit_queues == ():
-        return reply(p.failure(NO_SUBMIT_RIGHTS))  # before a byte of a possibly large body is read
+        raise p.ProtocolError(NO_SUBMIT_RIGHTS)  # before a byte of a possibly large body is read
 
     async def check_queue(name: str, text: str) -> None:
         # The LMS sends xqueue_header before the files: a queue this account may not use (or that
@@ -137,9 +189,9 @@ async def submit(request: web.Request) -> web.Response:
     try:
         form = await read_submit_form(request, ctx.settings, check_queue)
     except QueueRefused as exc:
-        return reply(p.failure(p.queue_not_found(exc.queue)))
+        raise p.ProtocolError(p.queue_not_found(exc.queue)) from None
     except FormError as exc:
-        return reply(p.failure(exc.message if exc.limit else f"{p.SUBMIT_INVALID_FORMAT}: {exc.message}"))
+        raise p.ProtocolError(exc.message if exc.limit else f"{p.SUBMIT_INVALID_FORMAT}: {exc.message}") from None
     try:
         parsed = p.parse_lms_submission(
             form.fields.get("xqueue_header"),
@@ -150,10 +202,10 @@ async def submit(request: web.Request) -> web.Response:
     except p.ProtocolError as exc:
         log.error("Invalid queue submission from LMS", extra={"fields": {
             "lms_ip": client_ip(request), "reason": exc.message}})
-        return reply(p.failure(exc.message))
+        raise
     # A queue the caller may not use answers exactly like a missing one (nothing learnt by probing).
     if not can_submit(account, parsed.queue_name) or not await ctx.queue_exists(parsed.queue_name):
-        return reply(p.failure(p.queue_not_found(parsed.queue_name)))
+        raise p.ProtocolError(p.queue_not_found(parsed.queue_name))
     # Files are written after the database accepted the row and before it commits (graders are
     # notified at commit), so a refused row leaves no file and a failed write leaves no row. Without
     # files the insert is a single statement and needs no transaction of its own.
@@ -172,46 +224,26 @@ async def submit(request: web.Request) -> web.Response:
     return reply(p.success(str(queue_length)))
 
 
-async def grader_call(request: web.Request, endpoint: str) -> tuple[AppContext, Account, str] | web.Response:
-    """The shared start of the GET endpoints: a logged-in caller, GET, and a ``queue_name`` parameter."""
-    account = await current_account(request)
-    if account is None:
-        return redirect_to_login(request)
-    if request.method != "GET":
-        return reply(p.failure(f"'{endpoint}' must use HTTP GET"))
-    queue_name = request.query.get("queue_name")
-    if queue_name is None:
-        return reply(p.failure(p.missing_queue_param(endpoint)))
-    return AppContext.of(request), account, queue_name
-
-
 @routes.route("*", "/xqueue/get_queuelen/")
-async def get_queuelen(request: web.Request) -> web.Response:
-    call = await grader_call(request, "get_queuelen")
-    if isinstance(call, web.Response):
-        return call
-    ctx, account, queue_name = call
+@classic_endpoint("GET", "'get_queuelen' must use HTTP GET")
+async def get_queuelen(request: web.Request, ctx: AppContext, account: Account) -> web.Response:
+    queue_name = queue_param(request, "get_queuelen")
     if not (can_pull(account, queue_name) or can_submit(account, queue_name)) or not await ctx.queue_exists(queue_name):
         names = visible_queues(account, await ctx.db.list_queue_names())
-        return reply(p.failure(p.valid_queue_names(names)))
+        raise p.ProtocolError(p.valid_queue_names(names))
     return reply(p.success(await ctx.db.queue_length(queue_name)))
 
 
 @routes.route("*", "/xqueue/get_submission/")
-async def get_submission(request: web.Request) -> web.Response:
-    call = await grader_call(request, "get_submission")
-    if isinstance(call, web.Response):
-        return call
-    ctx, account, queue_name = call
-    try:
-        wait = p.parse_positive_number(request.query.get("wait"), "wait", ctx.settings.long_poll_max_seconds)
-        bulk = p.parse_positive_number(request.query.get("max"), "max", ctx.settings.bulk_max)
-    except p.ProtocolError as exc:
-        return reply(p.failure(exc.message))
+@classic_endpoint("GET", "'get_submission' must use HTTP GET")
+async def get_submission(request: web.Request, ctx: AppContext, account: Account) -> web.Response:
+    queue_name = queue_param(request, "get_submission")
+    wait = p.parse_positive_number(request.query.get("wait"), "wait", ctx.settings.long_poll_max_seconds)
+    bulk = p.parse_positive_number(request.query.get("max"), "max", ctx.settings.bulk_max)
     if not can_pull(account, queue_name) or not await ctx.queue_exists(queue_name):
-        return reply(p.failure(p.queue_not_found(queue_name)))  # forbidden answers like unknown
+        raise p.ProtocolError(p.queue_not_found(queue_name))  # forbidden answers like unknown
     if bulk is not None and (bulk < 1 or bulk != int(bulk)):
-        return reply(p.failure("parameter 'max' must be a whole number of at least 1"))
+        raise p.ProtocolError("parameter 'max' must be a whole number of at least 1")
     limit = int(bulk) if bulk is not None else 1
     deadline = time.monotonic() + (wait or 0.0)
     grader_id = client_ip(request)
@@ -262,26 +294,18 @@ async def get_submission(request: web.Request) -> web.Response:
 
 
 @routes.route("*", "/xqueue/put_result/")
-async def put_result(request: web.Request) -> web.Response:
-    ctx = AppContext.of(request)
-    account = await current_account(request)
-    if account is None:
-        return redirect_to_login(request)
-    if request.method != "POST":
-        return reply(p.failure(p.PUT_NOT_POST))
+@classic_endpoint("POST", p.PUT_NOT_POST)
+async def put_result(request: web.Request, ctx: AppContext, account: Account) -> web.Response:
     try:
         form = (await read_form(request, ("xqueue_header", "xqueue_body", "results"),
                                 small_form_limits(ctx.settings))).fields
     except FormError as exc:
-        return reply(p.failure(f"{p.INCORRECT_REPLY_FORMAT}: {exc.message}"))
+        raise p.ProtocolError(f"{p.INCORRECT_REPLY_FORMAT}: {exc.message}") from None
     bulk = form.get("results")
     if isinstance(bulk, str):
-        try:
-            items = p.parse_grader_bulk_results(bulk)
-        except p.ProtocolError as exc:
-            return reply(p.failure(exc.message))
+        items = p.parse_grader_bulk_results(bulk)
         if len(items) > ctx.settings.bulk_max:
-            return reply(p.failure(f"{p.INCORRECT_REPLY_FORMAT}: at most {ctx.settings.bulk_max} results per call"))
+            raise p.ProtocolError(f"{p.INCORRECT_REPLY_FORMAT}: at most {ctx.settings.bulk_max} results per call")
         outcomes = [await _record_one(request, account, header, body) for header, body in items]
         return reply(p.success(outcomes))
     return reply(await _record_one(request, account, form.get("xqueue_header"), form.get("xqueue_body")))

@@ -19,8 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .auth import LoginThrottled, can_pull, can_submit
-from .context import AppContext, client_ip, current_account, set_session_cookie
+from .auth import LoginThrottled, can_pull, can_submit, current_account, set_session_cookie
+from .context import AppContext, client_ip
 from .db import SQL_DIR, Account, load_queries
 from .ratelimit import retry_after_header
 from .status_page import (
