@@ -6,17 +6,16 @@ so that RLIMIT_NPROC (counted per uid, machine-wide) never couples concurrent te
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
 import os
 import socket
 import subprocess
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# Re-exported: the grader tests import every helper from here.
+from tests.waiting import wait_until as wait_until
+from tests.waiting import wait_until_blocking as wait_until_blocking
 from xqueue_grader.config import GraderConfig, config_from_sources
 from xqueue_grader.engine import GradingEngine
 from xqueue_grader.results import GradeResult
@@ -92,44 +91,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-# -- waiting: the one helper every test polls with (bounded in time, says what it waited for) ------
-
-def _timed_out(what: str, seconds: float, last: object) -> AssertionError:
-    detail = f"; last: {last!r}" if last is not None else ""
-    return AssertionError(f"timed out after {seconds} s waiting for {what}{detail}")
-
-
-async def wait_until(predicate: Callable[[], object | Awaitable[object]], seconds: float, what: str,
-                     interval: float = 0.05, detail: Callable[[], object] | None = None) -> Any:
-    """Poll ``predicate`` (plain or async) until it returns something truthy, and return that.
-
-    Raises AssertionError naming ``what`` (and ``detail()``, the state worth seeing) once
-    ``seconds`` have passed.
-    """
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise _timed_out(what, seconds, detail() if detail else None)
-        await asyncio.sleep(interval)
-
-
-def wait_until_blocking(predicate: Callable[[], object], seconds: float, what: str, interval: float = 0.05,
-                        detail: Callable[[], object] | None = None) -> Any:
-    """``wait_until`` for tests without an event loop (the predicate may block, e.g. on HTTP)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise _timed_out(what, seconds, detail() if detail else None)
-        time.sleep(interval)
-
+# -- waiting: the shared helpers (tests/waiting.py), re-exported for the grader tests ------
 
 async def wait_exit(proc: subprocess.Popen[bytes], seconds: float) -> int:
     """A process's exit status, once it has exited (bounded)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.integration.test_entry_points import start_server, stop
+from tests.integration.processes import start_server, stop
 from xqueue_server.config import ConfigError, load_settings
 from xqueue_server.local_pg import free_port
 

@@ -4,45 +4,14 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import requests
 
+from tests.integration.processes import start_server, stop
 from xqueue_server.local_pg import LocalPostgres, free_port
 from xqueue_server.testing import create_database
-
-
-def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen([sys.executable, "-m", "xqueue_server"], env={**os.environ, **env},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            output = process.stdout.read().decode() if process.stdout else ""
-            raise AssertionError(f"server exited early: {output[-2000:]}")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise AssertionError("server did not become ready")
-
-
-def stop(process: subprocess.Popen[bytes]) -> str:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise
-    return process.stdout.read().decode() if process.stdout else ""
 
 
 def test_server_command_with_database_url_seeds_queues_and_users(postgres: LocalPostgres, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from tests.integration.clients import GRADE, GraderClient, LMSClient
+from tests.waiting import wait_until_blocking
 from xqueue_server.local_pg import free_port
 from xqueue_server.testing import FakeLMS, ServerThread
 
@@ -93,9 +94,7 @@ def test_retention_deletes_finished_submissions_and_their_files(xqueue_factory: 
         finally:
             await conn.close()
 
-    deadline = time.monotonic() + 10
-    while server.run(count_rows()) != 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until_blocking(lambda: server.run(count_rows()) == 1, 10, "one submission row left", interval=0.1)
     assert server.run(count_rows()) == 1  # the unfinished one stays
     assert requests.get(url, timeout=10).status_code == 404
     assert not any(p.is_file() for p in storage_dir.rglob("*"))
@@ -105,13 +104,12 @@ def test_health_readiness_and_metrics(xqueue: ServerThread, queue_name: str, fak
     assert requests.get(f"{xqueue.url}/healthz", timeout=10).json() == {"status": "ok"}
     assert requests.get(f"{xqueue.url}/readyz", timeout=10).json() == {"status": "ok"}
     LMSClient(xqueue).submit(queue_name, fake_lms.callback_url("m"))
-    deadline = time.monotonic() + 10
-    text = ""
-    while time.monotonic() < deadline:
+
+    def depth_shown() -> str:
         text = requests.get(f"{xqueue.url}/metrics", timeout=10).text
-        if f'xqueue_queue_depth{{queue="{queue_name}"}} 1.0' in text:
-            break
-        time.sleep(0.2)
+        return text if f'xqueue_queue_depth{{queue="{queue_name}"}} 1.0' in text else ""
+
+    text = wait_until_blocking(depth_shown, 10, "the queue depth in /metrics", interval=0.2)
     assert f'xqueue_queue_depth{{queue="{queue_name}"}} 1.0' in text
     assert f'xqueue_queue_oldest_age_seconds{{queue="{queue_name}"}}' in text
     assert f'xqueue_submissions_total{{queue="{queue_name}"}} 1.0' in text
@@ -162,12 +160,14 @@ def test_callbacks_verify_the_lms_tls_certificate_by_default(xqueue_factory: Any
         item = grader.pull("test-pull")
         assert item is not None
         grader.put_result(item["xqueue_header"], GRADE)
-        deadline, failures = time.monotonic() + 10, 0.0
-        while time.monotonic() < deadline and failures < 3:
+
+        def three_failures() -> float:
             text = requests.get(f"{verifying.url}/metrics", timeout=10).text
             found = re.search(r'xqueue_callback_failures_total\{kind="grade"\} ([0-9.]+)', text)
-            failures = float(found.group(1)) if found else 0.0
-            time.sleep(0.1)
+            counted = float(found.group(1)) if found else 0.0
+            return counted if counted >= 3 else 0.0
+
+        failures = wait_until_blocking(three_failures, 10, "three failed callback attempts", interval=0.1)
         assert failures >= 3  # the certificate was refused, and the outbox keeps retrying
         assert lms.callbacks == []
         # An operator who knowingly runs the LMS with a private certificate can turn verification off.

@@ -15,16 +15,9 @@ import asyncpg
 import requests
 
 from tests.integration.clients import GRADE, GraderClient, LMSClient
+from tests.waiting import wait_until_blocking
 from xqueue_server.db import Database
 from xqueue_server.testing import FakeLMS, ServerThread
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 def fetch(server: ServerThread, sql: str, *args: Any) -> list[dict[str, Any]]:
@@ -54,7 +47,7 @@ def test_grade_is_delivered_inline_with_one_attempt(xqueue_factory: Callable[...
                              "JOIN submissions s ON s.id = c.submission_id WHERE s.id = $1", submission_id)
         return rows == [{"state": "delivered", "attempts": 1, "submission_state": "delivered"}]
 
-    wait_until(marked)
+    wait_until_blocking(marked, 10, "the callback and its submission marked delivered")
     assert len(fake_lms.for_key(key)) == 1
 
 
@@ -81,8 +74,8 @@ def test_a_claimed_callback_its_process_never_sent_is_delivered_by_the_outbox(
     assert outcome == "recorded" and claimed is not None and claimed.attempts == 1
     fake_lms.wait_for(lambda calls: any(c.xqueue_header["lms_key"] == key for c in calls), timeout=15)
     assert time.monotonic() - started >= 0.9  # not before the claim ran out
-    wait_until(lambda: fetch(server, "SELECT state, attempts FROM callbacks WHERE id = $1", claimed.id)
-               == [{"state": "delivered", "attempts": 2}])
+    wait_until_blocking(lambda: fetch(server, "SELECT state, attempts FROM callbacks WHERE id = $1", claimed.id)
+                        == [{"state": "delivered", "attempts": 2}], 10, "the callback delivered at the 2nd attempt")
 
 
 def test_callbacks_over_the_host_bound_reach_the_lms_once_each(xqueue_factory: Callable[..., ServerThread],

@@ -16,16 +16,9 @@ from typing import Any
 import pytest
 
 from tests.integration.clients import GRADE, GraderClient, LMSClient
+from tests.waiting import wait_until_blocking
 from xqueue_server.protocol import FAILURE_NOTICE_BODY
 from xqueue_server.testing import FakeLMS, ServerThread
-
-
-def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(interval)
 
 
 def test_concurrent_pullers_never_get_the_same_submission(xqueue_factory: Any, fake_lms: FakeLMS) -> None:
@@ -79,7 +72,7 @@ def test_dead_graders_submission_comes_back_after_its_lease(xqueue_factory: Any,
     assert dead.pull("test-pull") is not None  # ...and this grader never answers
     survivor = GraderClient(server)
     assert survivor.queue_length("test-pull")["content"] == 0
-    wait_until(lambda: survivor.queue_length("test-pull")["content"] == 1, timeout=5)
+    wait_until_blocking(lambda: survivor.queue_length("test-pull")["content"] == 1, 5, "the survivor to see one queued")
     item = survivor.pull("test-pull")
     assert item is not None and item["xqueue_body"] == "work"
 
@@ -102,7 +95,7 @@ def test_poison_submission_is_retired_with_upstreams_failure_notice(xqueue_facto
     key, _ = LMSClient(server).submit("test-pull", fake_lms.callback_url("poison"))
     grader = GraderClient(server)
     for _pull in range(2):
-        wait_until(lambda: grader.queue_length("test-pull")["content"] == 1, timeout=5)
+        wait_until_blocking(lambda: grader.queue_length("test-pull")["content"] == 1, 5, "one queued submission")
         assert grader.pull("test-pull") is not None  # the grader crashes and never answers
     callbacks = fake_lms.wait_for(lambda cbs: any(c.xqueue_header["lms_key"] == key for c in cbs), timeout=10)
     notice = next(c for c in callbacks if c.xqueue_header["lms_key"] == key)
@@ -129,7 +122,7 @@ def test_lms_down_still_gets_every_grade_and_put_result_stays_fast(xqueue_factor
         started = time.monotonic()
         assert grader.put_result(item["xqueue_header"], GRADE) == {"return_code": 0, "content": ""}
         slowest_put = max(slowest_put, time.monotonic() - started)
-    wait_until(lambda: fake_lms.attempts >= 40, timeout=15)  # the outbox keeps trying
+    wait_until_blocking(lambda: fake_lms.attempts >= 40, 15, "40 callback attempts")  # the outbox keeps trying
     assert fake_lms.callbacks == []
     # Far below the LMS timeout: put_result never waits for the LMS.
     assert slowest_put < 1.0
@@ -165,8 +158,7 @@ def test_undeliverable_callback_is_dead_lettered_and_can_be_redelivered(xqueue_f
     item = grader.pull("test-pull")
     assert item is not None
     grader.put_result(item["xqueue_header"], GRADE)
-    wait_until(lambda: "#" in run_admin(server, "dead-letters").stdout, timeout=10,
-               interval=0.3)
+    wait_until_blocking(lambda: "#" in run_admin(server, "dead-letters").stdout, 10, "a dead letter", interval=0.3)
     listing = run_admin(server, "dead-letters")
     assert "kind=grade" in listing.stdout and "status_code=500" in listing.stdout
     import requests

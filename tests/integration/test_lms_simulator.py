@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.waiting import wait_until_blocking
 from xqueue_server import demo, lms_simulator
 from xqueue_server.local_pg import LocalPostgres, free_port
 from xqueue_server.testing import ServerThread, create_database
@@ -45,15 +45,18 @@ def simulator(server: ServerThread, tmp_path: Path) -> Iterator[str]:
          "--listen-port", str(port), "--queue", demo.QUEUE, "--log-format", "text"],
         cwd=REPO, env={**os.environ}, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while True:
+
+        def healthy() -> bool:
             try:
                 if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
+                    return True
             except requests.ConnectionError:
                 pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "simulator.log").read_text()
-            time.sleep(0.1)
+            assert proc.poll() is None, (tmp_path / "simulator.log").read_text()
+            return False
+
+        wait_until_blocking(healthy, 30, "the simulator's /healthz", interval=0.1,
+                            detail=lambda: (tmp_path / "simulator.log").read_text())
         yield url
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -63,12 +66,11 @@ def simulator(server: ServerThread, tmp_path: Path) -> Iterator[str]:
 
 
 def results_when(url: str, done: Any, timeout: float = 90) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
+    def finished() -> tuple[list[dict[str, Any]]] | None:
         results = requests.get(f"{url}/simulator/results", timeout=10).json()["submissions"]
-        if done(results) or time.monotonic() > deadline:
-            return list(results)
-        time.sleep(0.2)
+        return (list(results),) if done(results) else None  # a tuple: an empty list of results can be done too
+
+    return list(wait_until_blocking(finished, timeout, "the simulator's results", interval=0.2)[0])
 
 
 def test_pure_pieces_follow_edx_platform() -> None:

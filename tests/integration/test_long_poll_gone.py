@@ -17,6 +17,7 @@ import asyncpg
 import requests
 
 from tests.integration.clients import GraderClient, LMSClient
+from tests.waiting import wait_until_blocking
 from xqueue_server.testing import FakeLMS, LoopThread, ServerThread
 
 
@@ -31,12 +32,8 @@ def open_raw_pull(server: ServerThread, grader: GraderClient, query: str) -> soc
 
 
 def pull_within(grader: GraderClient, queue: str, seconds: float) -> dict[str, Any] | None:
-    deadline = time.monotonic() + seconds
-    while True:
-        item = grader.pull(queue)
-        if item is not None or time.monotonic() > deadline:
-            return item
-        time.sleep(0.05)
+    item: dict[str, Any] | None = wait_until_blocking(lambda: grader.pull(queue), seconds, f"a submission in {queue}")
+    return item
 
 
 def metric(server: ServerThread, name: str) -> float:
@@ -126,10 +123,8 @@ def test_a_claim_made_for_a_grader_that_left_meanwhile_is_released(xqueue_factor
         time.sleep(0.2)
         assert not table.someone_waits()
         gone = open_raw_pull(server, gone_grader, "queue_name=test-pull")
-        deadline = time.monotonic() + 10
-        while not table.someone_waits():  # the server's claim is blocked on the lock
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        # the server's claim is blocked on the lock
+        wait_until_blocking(table.someone_waits, 10, "the server's claim to wait for the lock", interval=0.02)
         gone.close()
         time.sleep(0.3)
         table.release()  # the claim goes through now, for a grader that is no longer there

@@ -20,6 +20,7 @@ import requests
 
 from tests.integration.clients import GRADE, GraderClient, LMSClient
 from tests.integration.log_capture import CapturedLogs, captured_logs  # noqa: F401 (fixture)
+from tests.waiting import wait_until_blocking
 from xqueue_server.local_pg import LocalPostgres
 from xqueue_server.testing import FakeLMS, ServerThread, create_database
 
@@ -102,16 +103,18 @@ def test_database_outage_answers_503_logs_once_and_loses_nothing(own_postgres: L
         assert down.levelno == logging.ERROR and "error" in down.fields  # type: ignore[attr-defined]
 
         own_postgres.start()  # same data directory and port
-        deadline = time.monotonic() + 30
-        while True:
+
+        def submitted() -> requests.Response | None:
             response = requests.post(f"{server.url}/xqueue/submit/", auth=("lms", "lms-password"), timeout=20,
                                      data={"xqueue_header": json.dumps({"lms_callback_url": fake_lms.callback_url(
                                          "after"), "lms_key": "after", "queue_name": "test-pull"}),
                                          "xqueue_body": "after"})
             if response.status_code == 200:
-                break
-            assert response.status_code == 503 and time.monotonic() < deadline, response.text[:200]
-            time.sleep(0.2)
+                return response
+            assert response.status_code == 503, response.text[:200]
+            return None
+
+        response = wait_until_blocking(submitted, 30, "a submission accepted after the outage", interval=0.2)
         assert response.json()["return_code"] == 0
         assert len(captured_logs.messages(UP_MESSAGE)) == 1
         assert len(captured_logs.messages(DOWN_MESSAGE)) == 1

@@ -7,6 +7,7 @@ import json
 import requests
 
 from tests.integration.clients import GRADE, GraderClient, LMSClient
+from tests.waiting import wait_until_blocking
 from xqueue_server.testing import FakeLMS, ServerThread
 
 CLASSIC_ROUTES = ["login", "logout", "status", "submit", "get_queuelen", "get_submission", "put_result"]
@@ -316,11 +317,7 @@ def test_only_http_200_counts_as_delivered(xqueue_factory, fake_lms: FakeLMS) ->
     assert item is not None
     grader.put_result(item["xqueue_header"], GRADE)
     deadline_attempts = 3
-    import time
-
-    end = time.monotonic() + 10
-    while fake_lms.attempts < deadline_attempts and time.monotonic() < end:
-        time.sleep(0.05)
+    wait_until_blocking(lambda: fake_lms.attempts >= deadline_attempts, 10, "three callback attempts")
     assert fake_lms.attempts >= deadline_attempts  # retried, because 404 is not an acknowledgement
     fake_lms.status = 200
     fake_lms.wait_for(lambda cbs: any(c.xqueue_header.get("lms_key") == key for c in cbs))

@@ -13,6 +13,7 @@ from typing import Any
 import requests
 
 from tests.integration.clients import GraderClient, LMSClient
+from tests.waiting import wait_until_blocking
 from xqueue_server.db import Database
 from xqueue_server.testing import FakeLMS, ServerThread
 
@@ -137,12 +138,15 @@ def test_replicas_share_the_counters_and_blocks_end_with_their_window(
     throttled = login(second, "grader", second.grader.password)
     assert_throttled(throttled)
     assert int(throttled.headers["Retry-After"]) <= 3
-    while time.monotonic() - started < 10:
+
+    def let_in() -> dict[str, Any] | None:
         reply = login(second, "grader", second.grader.password).json()
         if reply["return_code"] == 0:
-            break
+            return reply
         assert THROTTLED.match(reply["content"]), reply
-        time.sleep(0.5)
+        return None
+
+    reply = wait_until_blocking(let_in, 10, "the login let in once the window ended", interval=0.5)
     assert json.dumps(reply) == json.dumps({"return_code": 0, "content": "Logged in"})
     assert time.monotonic() - started < 5
 
