@@ -231,10 +231,8 @@ def test_a_host_that_never_accepts_times_out_on_connect(xqueue_factory: Any,
             for filler in dead.fillers:
                 filler.close()
             recovered.wait_for(lambda cbs: {c.xqueue_header["lms_key"] for c in cbs} >= dead_keys, timeout=20)
-            deadline = time.monotonic() + 5
-            while pending_callbacks(server, dead.url):
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            wait_until_blocking(lambda: not pending_callbacks(server, dead.url), 5, "every callback marked delivered",
+                                interval=0.1, detail=lambda: pending_callbacks(server, dead.url))
         finally:
             recovered.stop()
     finally:

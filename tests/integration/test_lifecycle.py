@@ -236,16 +236,18 @@ def test_server_restart_mid_load_loses_nothing(xqueue_factory: Any, fake_lms: Fa
     for item in pulled_before[5:]:
         assert item is not None
         grader.put_result(item["xqueue_header"], GRADE)  # pulls from before the restart still count
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+
+    def all_graded() -> bool:
+        """One step of grading what is left; True once the queue is empty and every grade arrived."""
         item = grader.pull("test-pull", wait=1)
-        if item is None and grader.queue_length("test-pull")["content"] == 0:
-            received = {c.xqueue_header["lms_key"] for c in fake_lms.callbacks}
-            if received >= set(keys):
-                break
-            continue
         if item is not None:
             grader.put_result(item["xqueue_header"], GRADE)
+            return False
+        if grader.queue_length("test-pull")["content"] != 0:
+            return False
+        return {c.xqueue_header["lms_key"] for c in fake_lms.callbacks} >= set(keys)
+
+    wait_until_blocking(all_graded, 20, "every submission graded and called back", interval=0)
     received = {c.xqueue_header["lms_key"] for c in fake_lms.callbacks}
     assert received >= set(keys), f"missing {len(set(keys) - received)} grades"
 
