@@ -314,6 +314,10 @@ class Result:
     statements: float
     commits: float
     empty_pulls: float
+    # --rate: CPU seconds per cycle (server, PostgreSQL, load generator) at that fixed open-loop rate
+    fixed_rate: float | None = None
+    fixed_cycles_per_s: float = 0.0
+    fixed_cpu: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 async def measure(args: argparse.Namespace, port: int, cluster_url: str, database: str, meter: CpuMeter,
@@ -356,6 +360,22 @@ async def measure(args: argparse.Namespace, port: int, cluster_url: str, databas
         while tally.sent and time.perf_counter() < deadline:  # noqa: ASYNC110 - polling a plain dict
             await asyncio.sleep(0.05)
         half = list(tally.latencies)
+        fixed_cycles_per_s, fixed_cpu = 0.0, (0.0, 0.0, 0.0)
+        if args.rate:
+            # The same offered load for every tree: CPU per cycle at the maximum also moves with the
+            # throughput a run reached (more work per wake-up when busier), so it compares less well.
+            await asyncio.sleep(0.5)
+            fixed0, received0, started = meter.snapshot(), tally.received, time.perf_counter()
+            await open_loop(conns, lms, args.rate, args.seconds)
+            fixed1, received1, elapsed = meter.snapshot(), tally.received, time.perf_counter() - started
+            fixed_cycles = max(1, received1 - received0)
+            fixed_cycles_per_s = fixed_cycles / elapsed
+            fixed_cpu = ((fixed1.server - fixed0.server) / fixed_cycles,
+                         (fixed1.postgres - fixed0.postgres) / fixed_cycles,
+                         (fixed1.generator - fixed0.generator) / fixed_cycles)
+            deadline = time.perf_counter() + 15
+            while tally.sent and time.perf_counter() < deadline:  # noqa: ASYNC110 - polling a plain dict
+                await asyncio.sleep(0.05)
     finally:
         stop.set()
         await asyncio.gather(*graders, return_exceptions=True)
@@ -370,7 +390,7 @@ async def measure(args: argparse.Namespace, port: int, cluster_url: str, databas
         cpu_server=(cpu1.server - cpu0.server) / cycles, cpu_postgres=(cpu1.postgres - cpu0.postgres) / cycles,
         cpu_generator=(cpu1.generator - cpu0.generator) / cycles,
         statements=(statements1 - statements0) / cycles, commits=(commits1 - commits0) / cycles,
-        empty_pulls=empty / cycles,
+        empty_pulls=empty / cycles, fixed_rate=args.rate, fixed_cycles_per_s=fixed_cycles_per_s, fixed_cpu=fixed_cpu,
     )
 
 
@@ -457,6 +477,11 @@ def report(result: Result) -> None:
     total = result.cpu_server + result.cpu_postgres + result.cpu_generator
     print(f"  CPU per cycle: server {result.cpu_server * 1000:.2f} ms, PostgreSQL {result.cpu_postgres * 1000:.2f} ms, "
           f"load generator {result.cpu_generator * 1000:.2f} ms, all {total * 1000:.2f} ms")
+    if result.fixed_rate:
+        server, postgres, generator = (value * 1000 for value in result.fixed_cpu)
+        print(f"  CPU per cycle at {result.fixed_rate:g}/s offered ({result.fixed_cycles_per_s:.0f}/s done): "
+              f"server {server:.2f} ms, PostgreSQL {postgres:.2f} ms, load generator {generator:.2f} ms, "
+              f"all {server + postgres + generator:.2f} ms")
     print(f"  per cycle: {result.statements:.1f} statements (= round trips), {result.commits:.1f} commits, "
           f"{result.empty_pulls:.2f} empty pulls")
     print(f"  lost: {result.lost}, duplicate hand-outs: {result.duplicate_handouts}, "
@@ -475,6 +500,8 @@ def main() -> None:
                         help="PostgreSQL modes to run: durable (its defaults), fast (fsync etc. off)")
     parser.add_argument("--server-src", type=Path, default=REPO, help="source tree the server runs from")
     parser.add_argument("--repeat", type=int, default=1, help="run the whole matrix this many times")
+    parser.add_argument("--rate", type=float, metavar="N",
+                        help="also measure CPU per cycle at N submissions/s open loop (the same for every tree)")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="sample the (first) server process with py-spy during the measured window into FILE")
     parser.add_argument("--show-statements", action="store_true",

@@ -9,6 +9,32 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
+class CachedCounter(Counter):
+    """A Counter whose ``labels(...)`` is a dict lookup once a label set was seen: prometheus_client
+    validates, converts and looks the values up under a lock on every call, and the request path
+    counts submissions, pulls, results and deliveries this way several times per cycle."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> Any:
+        if labelkwargs:
+            return super().labels(*labelvalues, **labelkwargs)
+        child = self._children.get(labelvalues)
+        if child is None:
+            child = self._children[labelvalues] = super().labels(*labelvalues)
+        return child
+
+    def remove(self, *labelvalues: Any) -> None:
+        self._children.clear()
+        super().remove(*labelvalues)
+
+    def clear(self) -> None:
+        self._children.clear()
+        super().clear()
+
+
 class Metrics:
     def __init__(self) -> None:
         # The labelled request histograms by (route resource, method, status): ``labels()`` builds and
@@ -23,25 +49,25 @@ class Metrics:
             registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
-        self.submissions = Counter("xqueue_submissions_total", "Submissions accepted", ["queue"], registry=r)
-        self.superseded = Counter(
+        self.submissions = CachedCounter("xqueue_submissions_total", "Submissions accepted", ["queue"], registry=r)
+        self.superseded = CachedCounter(
             "xqueue_submissions_superseded_total", "Earlier submissions retired by a newer one", ["queue"], registry=r
         )
-        self.pulls = Counter("xqueue_pulls_total", "Submissions handed to graders", ["queue"], registry=r)
-        self.empty_pulls = Counter("xqueue_empty_pulls_total", "get_submission calls that found nothing",
-                                   ["queue"], registry=r)
-        self.pulls_released = Counter(
+        self.pulls = CachedCounter("xqueue_pulls_total", "Submissions handed to graders", ["queue"], registry=r)
+        self.empty_pulls = CachedCounter("xqueue_empty_pulls_total", "get_submission calls that found nothing",
+                                         ["queue"], registry=r)
+        self.pulls_released = CachedCounter(
             "xqueue_pulls_released_total", "Claimed submissions handed back at once: their grader had gone",
             ["queue"], registry=r,
         )
-        self.lease_expiries = Counter(
+        self.lease_expiries = CachedCounter(
             "xqueue_lease_expiries_total", "Pulls of submissions whose previous lease ran out", ["queue"], registry=r
         )
-        self.poison = Counter(
+        self.poison = CachedCounter(
             "xqueue_poison_retired_total", "Submissions retired after too many pulls without a result",
             ["queue"], registry=r,
         )
-        self.login_failures = Counter(
+        self.login_failures = CachedCounter(
             "xqueue_login_failures_total",
             "Password checks that failed (bad_credentials) or were refused by the login throttle (throttled)",
             ["method", "reason"], registry=r,
@@ -50,11 +76,11 @@ class Metrics:
             "xqueue_slow_requests_total", "Requests cut off because their body did not arrive in time",
             registry=r,
         )
-        self.results = Counter("xqueue_results_total", "put_result outcomes", ["outcome"], registry=r)
-        self.callback_attempts = Counter("xqueue_callback_attempts_total", "LMS callback attempts", ["kind"],
-                                         registry=r)
-        self.callback_failures = Counter("xqueue_callback_failures_total", "Failed LMS callback attempts",
-                                         ["kind"], registry=r)
+        self.results = CachedCounter("xqueue_results_total", "put_result outcomes", ["outcome"], registry=r)
+        self.callback_attempts = CachedCounter("xqueue_callback_attempts_total", "LMS callback attempts", ["kind"],
+                                               registry=r)
+        self.callback_failures = CachedCounter("xqueue_callback_failures_total", "Failed LMS callback attempts",
+                                               ["kind"], registry=r)
         self.callback_dead = Counter("xqueue_callback_dead_lettered_total", "Callbacks given up after the horizon",
                                      registry=r)
         self.callback_latency = Histogram(

@@ -89,7 +89,7 @@ def text_problem(value: str) -> str | None:
     (they come from JSON escapes such as \\ud800, exotic codecs or non-UTF-8 header bytes)."""
     if "\x00" in value:
         return "contains a NUL character"
-    if _SURROGATE.search(value):
+    if not value.isascii() and _SURROGATE.search(value):  # isascii: O(1) for str, and most text is ASCII
         return "is not valid Unicode (lone surrogate)"
     return None
 
