@@ -80,8 +80,8 @@ def request_problem(request: web.Request) -> str | None:
 
 
 def request_middleware(body_timeout_seconds: float, on_slow_body: Callable[[], None] = lambda: None) -> Any:
-    """The server's one middleware: what ``last_resort``, the append-slash redirect, ``edge_checks`` and
-    ``body_deadline`` do, in that order (outermost first), in one coroutine per request.
+    """The server's one middleware: the last resort, the append-slash redirect, the edge checks and
+    ``abuse.body_deadline``, in that order (outermost first), in one coroutine per request.
 
     Each aiohttp middleware costs a ``partial`` call and a coroutine frame on every request; merged,
     the classic routes skip the redirect logic (only unmatched paths need it) and the body timer
