@@ -260,8 +260,9 @@ async def get_submission(request: web.Request, ctx: AppContext, account: Account
         remaining = deadline - time.monotonic()
         if claimed or remaining <= 0 or ctx.waiters.stopping.is_set():
             break
-        # Woken by NOTIFY when work arrives; re-check at least every 2 s for expired leases.
-        woken = await ctx.waiters.wait(queue_name, min(remaining, 2.0), lambda: handout.client_gone(request))
+        # Woken by NOTIFY when work arrives; re-check every few seconds anyway for expired leases.
+        woken = await ctx.waiters.wait(queue_name, min(remaining, ctx.settings.long_poll_recheck_seconds),
+                                       lambda: handout.client_gone(request))
     if not claimed:
         ctx.metrics.empty_pulls.labels(queue_name).inc()
         return reply(p.failure(p.queue_empty(queue_name)))

@@ -50,6 +50,10 @@ class Settings:
     long_poll_max_seconds: float = env(
         "XQUEUE_LONG_POLL_MAX_SECONDS", default=30.0, parse=parse_duration)
     bulk_max: int = env("XQUEUE_BULK_MAX", default=50)  # cap for get_submission?max= and bulk put_result
+    # a long-polling grader looks again at least this often even without a wake-up (expired leases are
+    # not announced)
+    long_poll_recheck_seconds: float = env(
+        "XQUEUE_LONG_POLL_RECHECK_SECONDS", default=2.0, parse=parse_duration, min=0.05)
 
     # --- callback delivery (outbox)
     callback_timeout_seconds: float = env("XQUEUE_CALLBACK_TIMEOUT_SECONDS", default=10.0, parse=parse_duration)
