@@ -148,6 +148,7 @@ class Authenticator:
         self.metrics = metrics
         self._verified: dict[bytes, str] = {}  # keyed digest of (username, password) -> hash it matched
         self._cache_key = secrets.token_bytes(32)
+        self._session_digests: dict[str, str] = {}
 
     def _credentials_key(self, username: str, password: str) -> bytes:
         # Keyed with a per-process secret: the cache holds nothing that helps to guess the password.
@@ -219,7 +220,15 @@ class Authenticator:
         return secret
 
     async def session(self, secret: str) -> Account | None:
-        return await self.db.session_account(digest_secret(secret))
+        # Every request of a logged-in client hashes the same secret again: remember its digest
+        # (bounded; the secret is in this process's memory for each request anyway).
+        digest = self._session_digests.get(secret)
+        if digest is None:
+            digest = digest_secret(secret)
+            if len(self._session_digests) >= 10_000:
+                self._session_digests.clear()
+            self._session_digests[secret] = digest
+        return await self.db.session_account(digest)
 
     async def logout(self, secret: str) -> None:
         await self.db.delete_session(digest_secret(secret))
@@ -248,6 +257,27 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
     return (username, password) if sep else None
 
 
+_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+def _session_cookie(request: web.Request) -> str | None:
+    """The ``sessionid`` cookie; aiohttp's ``request.cookies`` parses every cookie through
+    http.cookies, a noticeable share of a request's CPU. Our secrets are URL-safe tokens: a plain
+    ``sessionid=<token>`` is read directly, anything else (quoted, repeated) goes to the full parser."""
+    header = request.headers.get("Cookie")
+    if not header or "sessionid" not in header:
+        return None
+    found: str | None = None
+    for part in header.split(";"):
+        name, sep, value = part.partition("=")
+        if sep and name.strip() == "sessionid":
+            value = value.strip()
+            if found is not None or not _TOKEN_CHARS.issuperset(value):
+                return request.cookies.get("sessionid")
+            found = value
+    return found if found is not None else request.cookies.get("sessionid")
+
+
 async def current_account(request: web.Request) -> Account | None:
     """The caller's account from its session cookie, Bearer token or HTTP Basic credentials.
 
@@ -258,7 +288,7 @@ async def current_account(request: web.Request) -> Account | None:
         return request[ACCOUNT_KEY]
     ctx = AppContext.of(request)
     account: Account | None = None
-    secret = request.cookies.get("sessionid")
+    secret = _session_cookie(request)
     if secret and len(secret) < 200:
         account = await ctx.auth.session(secret)
     header = request.headers.get("Authorization", "")

@@ -1,5 +1,5 @@
 """The per-request shortcuts of the server (metrics children, log records, log timestamps, text
-checks) give the same results as the long way."""
+checks, the session cookie) give the same results as the long way."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import time
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from prometheus_client import generate_latest
 
 from xqueue_common.jsonlog import JsonFormatter, timestamp
 from xqueue_server import logs
+from xqueue_server.auth import _session_cookie
 from xqueue_server.metrics import Metrics
 from xqueue_server.validation import text_problem
 
@@ -92,3 +94,14 @@ def test_server_log_records_skip_caller_lookup_and_keep_the_shape(monkeypatch: p
 ])
 def test_text_problem_on_ascii_and_other_text(value: str, problem: str | None) -> None:
     assert text_problem(value) == problem
+
+
+@pytest.mark.parametrize("cookie", [
+    None, "", "other=1", "sessionid=abc-DEF_123", "csrftoken=x; sessionid=abc-DEF_123; lang=en",
+    'sessionid="quoted value"; a=b', "sessionid=first; sessionid=second", "sessionid=", "xsessionid=1; sessionid=ok",
+    "sessionid=a%20b", "lang=en; sessionid = spaced ",
+])
+def test_session_cookie_reads_like_aiohttps_cookie_parser(cookie: str | None) -> None:
+    headers = {} if cookie is None else {"Cookie": cookie}
+    request = make_mocked_request("GET", "/", headers=headers)
+    assert _session_cookie(request) == request.cookies.get("sessionid")
