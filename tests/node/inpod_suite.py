@@ -1,7 +1,7 @@
 """The grader abuse suite, packed to run unchanged inside a grader pod (tests/node/test_sandbox_in_pod.py).
 
 The archive holds the local suite's own files (tests/grader: test_abuse*.py, conftest.py and the
-abuse course; examples/course; pyproject.toml for the same pytest settings), pytest with the plugins
+abuse course; tests/waiting.py; examples/course; pyproject.toml for the same pytest settings), pytest with the plugins
 the settings name, and the small in-pod adapter plugin (assets/xqgrader_inpod.py). The grader
 package itself is NOT shipped: the suite runs against the xqueue_grader installed in the image.
 """
@@ -77,6 +77,7 @@ def build_archive() -> bytes:
 
         add(REPO / "pyproject.toml", "pyproject.toml")
         add(REPO / "tests" / "__init__.py", "tests/__init__.py")
+        add(REPO / "tests" / "waiting.py", "tests/waiting.py")  # the one waiting helper tests/grader uses
         for folder in (REPO / "tests" / "grader", REPO / "examples" / "course"):
             for path in sorted(folder.rglob("*")):
                 if path.is_file() and not _skip(path):

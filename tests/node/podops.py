@@ -120,23 +120,6 @@ def container_host_pids(cid: str, proc: Path = Path("/proc")) -> list[int]:
     return sorted(found)
 
 
-def pod_processes(pod_uid: str, proc: Path = Path("/proc")) -> list[str]:
-    """Command lines of the pod's processes on this host, its pause (sandbox) process left out."""
-    marks = (f"pod{pod_uid}", f"pod{pod_uid.replace('-', '_')}")
-    found = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cgroups = (entry / "cgroup").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        if any(mark in cgroups for mark in marks) and cmdline and not cmdline.startswith("/pause"):
-            found.append(cmdline)
-    return found
-
-
 def kill_container_hard(cid: str) -> list[int]:
     """SIGKILL every process of the container at once, from the host: no signal handler runs, nothing
     drains (what a node losing a process looks like). Returns the pids killed."""

@@ -12,6 +12,8 @@ student run, so a grading slot stays busy for a known time.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import uuid
@@ -31,12 +33,12 @@ from tests.node.faults import (
     slow_square,
 )
 from tests.node.podops import (
+    container_host_pids,
     container_id,
     container_status,
     get_json,
     kill_container_hard,
     logs,
-    pod_processes,
     pods,
     wait_for,
 )
@@ -231,6 +233,15 @@ def test_server_rolling_restart_under_load_loses_nothing(release: Release, lms: 
     assert not errors, [(s["label"], s["submitted_at"], s["error"]) for s in errors]
 
 
+def process_state(pid: int) -> str | None:
+    """The state letter of a host process (T: stopped), None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[0]
+
+
 def test_operator_killed_converges_on_changes_made_while_down(release: Release, lms: Lms) -> None:
     cg, queue = "steer", unique("steer")
     release.apply_coursegrader(cg, queue, slots=1, scaling={"minReplicas": 1, "maxReplicas": 3})
@@ -239,15 +250,25 @@ def test_operator_killed_converges_on_changes_made_while_down(release: Release, 
         (op,) = [p for p in pods(release.cluster, release.namespace, "app.kubernetes.io/component=operator")
                  if not p["metadata"].get("deletionTimestamp")]
         restarts = int(container_status(op, op["spec"]["containers"][0]["name"]).get("restartCount") or 0)
-        killed = kill_container_hard(container_id(op, op["spec"]["containers"][0]["name"]))
-        wait_for("the killed operator processes gone", lambda: not any(Path(f"/proc/{pid}").exists()
-                                                                      for pid in killed), 10, interval=0.05)
+        cid = container_id(op, op["spec"]["containers"][0]["name"])
+        # Frozen first (SIGSTOP from the host), so no operator code runs while the changes are made; a
+        # killed container can be restarted by the kubelet within a second, before the changes land.
+        frozen = container_host_pids(cid)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        wait_for("the operator frozen", lambda: all(process_state(pid) in ("T", None) for pid in frozen), 10,
+                 interval=0.05)
         # While it is down: a spec change (more replicas, a new wall-clock limit in the ConfigMap) and
         # drift (the ConfigMap deleted).
         release.patch_coursegrader(cg, {"spec": {"scaling": {"minReplicas": 2}, "sandbox": {"wallSeconds": 12}}})
         release.kubectl("delete", "configmap", f"{cg}-grader-config", "-n", release.namespace)
-        # Proof that no operator process existed while the changes were made (the node is this host).
-        assert pod_processes(op["metadata"]["uid"]) == [], "the operator was back before the changes were made"
+        # Proof that no operator process ran while the changes were made (the node is this host): the
+        # frozen ones are all its container had, and they are still stopped.
+        assert container_host_pids(cid) == frozen, "the operator's container changed while frozen"
+        assert all(process_state(pid) == "T" for pid in frozen), "an operator process ran during the changes"
+        killed = kill_container_hard(cid)  # then killed without any handler running: events it held are lost
+        wait_for("the killed operator processes gone", lambda: not any(Path(f"/proc/{pid}").exists()
+                                                                      for pid in killed), 10, interval=0.05)
         changed_at = time.monotonic()
 
         def converged() -> bool:
