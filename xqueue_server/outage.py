@@ -47,6 +47,12 @@ def is_unavailable(exc: BaseException, *, connecting: bool) -> bool:
         return True
     if isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc):
         return True  # "connection is closed": the pool handed out a connection the server dropped
+    if isinstance(exc, asyncpg.InternalClientError):
+        # The driver's protocol state went wrong, which in practice happens when the server's shutdown
+        # message lands on an idle pooled connection just as a statement is sent on it ("cannot
+        # switch to state 12; another operation is in progress"). Nothing about the statement is
+        # wrong, and the pool replaces the connection on release, so it is worth retrying later.
+        return True
     return connecting and isinstance(exc, OSError | TimeoutError)
 
 

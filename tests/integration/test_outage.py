@@ -7,6 +7,7 @@ and nothing accepted before the outage is lost.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shutil
@@ -21,7 +22,9 @@ import requests
 from tests.integration.clients import GRADE, GraderClient, LMSClient
 from tests.integration.log_capture import CapturedLogs, captured_logs  # noqa: F401 (fixture)
 from tests.waiting import wait_until_blocking
+from xqueue_server.db import Database
 from xqueue_server.local_pg import LocalPostgres
+from xqueue_server.outage import DatabaseUnavailable
 from xqueue_server.testing import FakeLMS, ServerThread, create_database
 
 DOWN_MESSAGE = "database unavailable; answering 503 until it is back"
@@ -98,7 +101,7 @@ def test_database_outage_answers_503_logs_once_and_loses_nothing(own_postgres: L
         # fraction of a second: they must not log the outage again, once per round.
         noisy = [r for r in captured_logs.records
                  if r.levelno >= logging.WARNING and r.name.startswith("xqueue") and r.getMessage() != DOWN_MESSAGE]
-        assert noisy == [], [(r.name, r.getMessage()) for r in noisy]
+        assert noisy == [], [(r.name, r.getMessage(), getattr(r, "fields", None)) for r in noisy]
         down = captured_logs.messages(DOWN_MESSAGE)[0]
         assert down.levelno == logging.ERROR and "error" in down.fields  # type: ignore[attr-defined]
 
@@ -132,3 +135,47 @@ def test_database_outage_answers_503_logs_once_and_loses_nothing(own_postgres: L
         fake_lms.wait_for(lambda cbs: {c.xqueue_header["lms_key"] for c in cbs} >= {before_key, "after"})
     finally:
         server.stop()
+
+
+def test_queries_racing_repeated_shutdowns_fail_only_as_unavailable(own_postgres: LocalPostgres) -> None:
+    """Many statements in flight while PostgreSQL shuts down and comes back, several times over.
+
+    Whatever the driver raises at the moment of a shutdown (refused connections, a FATAL on an idle
+    pooled connection, its protocol state caught between two messages) must surface as
+    ``DatabaseUnavailable``: anything else is logged by the background loops as a failure of their own
+    and answered 500 on a route. A CI run once caught the driver's "cannot switch to state 12" error
+    escaping this way; the race needs the shutdown to land between statements, hence the rounds.
+    """
+    unexpected: list[str] = []
+
+    async def hammer(db: Database, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await db.queue_stats()
+                await db.retire_poison(5, "x")
+                await db.callback_counts()
+            except DatabaseUnavailable:
+                pass
+            except Exception as exc:  # what the test is looking for
+                unexpected.append(f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(0)
+
+    async def rounds() -> None:
+        for _ in range(6):
+            db = await Database.connect(own_postgres.url)
+            await db.migrate()
+            stop = asyncio.Event()
+            workers = [asyncio.create_task(hammer(db, stop)) for _ in range(8)]
+            try:
+                await asyncio.sleep(0.2)
+                await asyncio.to_thread(own_postgres.stop)
+                await asyncio.sleep(0.3)
+                await asyncio.to_thread(own_postgres.start)
+                await asyncio.sleep(0.2)
+            finally:
+                stop.set()
+                await asyncio.gather(*workers)
+                await db.close()
+
+    asyncio.run(rounds())
+    assert unexpected == []
