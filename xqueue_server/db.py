@@ -19,7 +19,8 @@ from typing import Any
 
 import asyncpg
 
-from .outage import DatabaseHealth, GuardedPool
+from .batching import Batcher
+from .outage import DatabaseHealth, DatabaseUnavailable, GuardedPool
 from .ratelimit import KNOWN_ADDRESS_SECONDS, FailureWindow, LoginState
 
 SQL_DIR = resources.files("xqueue_server") / "sql"
@@ -96,6 +97,42 @@ class ClaimedSubmission:
     xqueue_body: str
     files: dict[str, str]  # filename -> storage key
     was_expired: bool  # it had been pulled before and its lease ran out
+
+
+@dataclass(frozen=True)
+class NewSubmission:
+    queue_name: str
+    callback_url: str
+    xqueue_header: str
+    xqueue_body: str
+    files: dict[str, str]  # filename -> storage key
+    requester_id: str
+
+
+@dataclass(frozen=True)
+class StoredSubmission:
+    id: int
+    queue_length: int  # pullable submissions of its queue right after it was stored
+    superseded: int  # earlier submissions of the same callback URL it retired (latest wins)
+
+
+@dataclass(frozen=True)
+class Pull:
+    """One get_submission's claim: up to ``limit`` submissions for ``grader_id``."""
+    grader_id: str
+    limit: int
+
+
+@dataclass(frozen=True)
+class GraderReply:
+    submission_id: int
+    pullkey: str
+    body: str
+
+
+# What record_result made of a reply ('recorded', 'duplicate', 'missing' or 'bad_key'), with the
+# callback this process is to deliver at once (only for 'recorded' with an inline claim).
+RecordOutcome = tuple[str, "DueCallback | None"]
 
 
 @dataclass(frozen=True)
@@ -198,6 +235,25 @@ class Database:
         self.dsn = dsn
         self.health = health
         self.credentials = credentials or CredentialsCache()
+        # Group commit of the hot statements (batching.py), on the pool only: a Database bound to one
+        # connection (``transaction``) runs its statements itself, inside its transaction.
+        self._batched = isinstance(pool, GuardedPool)
+        self._inserts: Batcher[None, NewSubmission, StoredSubmission] = Batcher(
+            lambda _key, items: self.insert_submissions(items),
+            conflict=lambda item: (item.queue_name, item.callback_url),
+            shared_errors=(DatabaseUnavailable,))
+        self._claims: Batcher[tuple[str, float, int], Pull, list[ClaimedSubmission]] = Batcher(
+            lambda key, pulls: self.claim_for_pulls(key[0], pulls, key[1], key[2]),
+            shared_errors=(DatabaseUnavailable,), orphaned=self._release_orphaned_claims)
+        self._replies: Batcher[tuple[tuple[str, ...] | None, float | None], GraderReply, RecordOutcome] = Batcher(
+            lambda key, replies: self.record_results(replies, key[0], key[1]),
+            conflict=lambda reply: reply.submission_id,
+            shared_errors=(DatabaseUnavailable,))
+
+    def batch_sizes(self) -> dict[str, tuple[int, int]]:
+        """(statements, items) per batched kind so far; the bench reports the mean batch size."""
+        return {name: (b.batches, b.items) for name, b in
+                (("insert", self._inserts), ("claim", self._claims), ("reply", self._replies))}
 
     @classmethod
     async def connect(cls, dsn: str, min_size: int = 2, max_size: int = 20, wait_seconds: float = 0.0) -> Database:
@@ -222,6 +278,9 @@ class Database:
                 await asyncio.sleep(DB_RETRY_SECONDS)
 
     async def close(self) -> None:
+        # Statements in flight carry requests' work (possibly committed already): let them finish.
+        for batcher in (self._inserts, self._claims, self._replies):
+            await batcher.close()
         # A connection still held by a cancelled task must not hang shutdown forever.
         try:
             await asyncio.wait_for(self.pool.close(), timeout=10)
@@ -309,33 +368,55 @@ class Database:
         requester_id: str,
     ) -> tuple[int, int, int]:
         """Store a submission; returns (id, queue length after insert, superseded count)."""
-        row = await self.pool.fetchrow(
-            QUERIES["insert_submission"],
-            queue_name,
-            callback_url,
-            xqueue_header,
-            xqueue_body,
-            json.dumps(files),
-            requester_id,
+        item = NewSubmission(queue_name, callback_url, xqueue_header, xqueue_body, files, requester_id)
+        if self._batched:
+            stored = await self._inserts.submit(None, item)
+        else:
+            (stored,) = await self.insert_submissions([item])
+        return stored.id, stored.queue_length, stored.superseded
+
+    async def insert_submissions(self, items: Sequence[NewSubmission]) -> list[StoredSubmission]:
+        """One statement for ``items`` (distinct queue and callback URL pairs), in order."""
+        rows = await self.pool.fetch(
+            QUERIES["insert_submissions"],
+            [i.queue_name for i in items], [i.callback_url for i in items], [i.xqueue_header for i in items],
+            [i.xqueue_body for i in items], [json.dumps(i.files) for i in items], [i.requester_id for i in items],
         )
-        return row["id"], row["queue_length"], row["superseded"]
+        return [StoredSubmission(id=r["id"], queue_length=r["queue_length"], superseded=r["superseded"]) for r in rows]
 
     async def claim_submissions(
         self, queue_name: str, limit: int, lease_seconds: float, max_pulls: int, grader_id: str
     ) -> list[ClaimedSubmission]:
+        pull = Pull(grader_id, limit)
+        if self._batched:
+            return await self._claims.submit((queue_name, float(lease_seconds), max_pulls), pull)
+        (claimed,) = await self.claim_for_pulls(queue_name, [pull], lease_seconds, max_pulls)
+        return claimed
+
+    async def claim_for_pulls(
+        self, queue_name: str, pulls: Sequence[Pull], lease_seconds: float, max_pulls: int
+    ) -> list[list[ClaimedSubmission]]:
+        """One statement for several pulls of a queue: each gets up to its limit, earlier pulls older rows."""
+        graders = [p.grader_id for p in pulls for _ in range(p.limit)]
+        owners = [n for n, p in enumerate(pulls) for _ in range(p.limit)]
         rows = await self.pool.fetch(
-            QUERIES["claim_submissions"], queue_name, limit, float(lease_seconds), max_pulls, grader_id
+            QUERIES["claim_submissions"], queue_name, len(graders), float(lease_seconds), max_pulls, graders, owners
         )
-        return [
-            ClaimedSubmission(
+        claimed: list[list[ClaimedSubmission]] = [[] for _ in pulls]
+        for r in sorted(rows, key=lambda r: r["id"]):
+            claimed[r["pull"]].append(ClaimedSubmission(
                 id=r["id"],
                 pullkey=r["pullkey"],
                 xqueue_body=r["xqueue_body"],
                 files=json.loads(r["files"]) if isinstance(r["files"], str) else dict(r["files"]),
                 was_expired=r["was_expired"],
-            )
-            for r in sorted(rows, key=lambda r: r["id"])
-        ]
+            ))
+        return claimed
+
+    async def _release_orphaned_claims(self, _key: object, _pull: Pull, claimed: list[ClaimedSubmission]) -> None:
+        """A pull whose caller stopped waiting while its statement ran: nobody got these claims."""
+        if claimed:
+            await self.release_submissions([(c.id, c.pullkey) for c in claimed])
 
     async def release_submissions(self, claims: Sequence[tuple[int, str]]) -> int:
         """Undo claims (id, pullkey) whose grader never got them; returns how many were released."""
@@ -347,31 +428,53 @@ class Database:
     async def record_result(
         self, submission_id: int, pullkey: str, body: str, queues: Sequence[str] | None = None,
         inline_seconds: float | None = None,
-    ) -> tuple[str, DueCallback | None]:
+    ) -> RecordOutcome:
         """Store a grader reply. Returns ('recorded', 'duplicate', 'missing' or 'bad_key', callback).
 
         ``queues`` limits the submissions the caller may answer (None: any); one in another queue is
         'missing', so callers cannot tell a foreign submission from a non-existent one. With
         ``inline_seconds`` a recorded reply's callback comes back claimed for that long, for the caller
-        to deliver at once (see record_result in queries.sql); otherwise the outbox workers get it."""
-        scope = None if queues is None else list(queues)
+        to deliver at once (see record_results in queries.sql); otherwise the outbox workers get it."""
+        reply = GraderReply(submission_id, pullkey, body)
+        scope = None if queues is None else tuple(queues)
         inline = None if inline_seconds is None else float(inline_seconds)
+        if self._batched:
+            return await self._replies.submit((scope, inline), reply)
+        (outcome,) = await self.record_results([reply], scope, inline)
+        return outcome
+
+    async def record_results(
+        self, replies: Sequence[GraderReply], scope: Sequence[str] | None, inline: float | None
+    ) -> list[RecordOutcome]:
+        """One statement for ``replies`` (distinct submissions), and one more only if some were not recorded."""
+        queues = None if scope is None else list(scope)
         async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(QUERIES["record_result"], submission_id, pullkey, body, scope, inline)
-            if row["recorded"]:
+            rows = await conn.fetch(QUERIES["record_results"], [r.submission_id for r in replies],
+                                    [r.pullkey for r in replies], [r.body for r in replies], queues, inline)
+            recorded = {row["submission_id"]: row for row in rows}
+            unrecorded = [r.submission_id for r in replies if r.submission_id not in recorded]
+            current = {row["id"]: row for row in await conn.fetch(
+                QUERIES["submission_key_states"], unrecorded, queues)} if unrecorded else {}
+        outcomes: list[RecordOutcome] = []
+        for reply in replies:
+            row = recorded.get(reply.submission_id)
+            if row is not None:
                 callback = None
-                if row["callback_id"] is not None and inline is not None:
-                    callback = DueCallback(id=row["callback_id"], submission_id=submission_id, kind="grade",
+                if inline is not None:
+                    callback = DueCallback(id=row["callback_id"], submission_id=reply.submission_id, kind="grade",
                                            url=row["url"], host=row["host"], xqueue_header=row["xqueue_header"],
-                                           xqueue_body=body, attempts=1, age_seconds=0.0)
-                return "recorded", callback
-            current = await conn.fetchrow(QUERIES["submission_key_state"], submission_id, scope)
-        if current is None:
-            return "missing", None
-        if current["pullkey"] == pullkey and current["state"] in ("answered", "delivered"):
-            # The same grader posting the same submission again (a retried request): already stored.
-            return "duplicate", None
-        return "bad_key", None
+                                           xqueue_body=reply.body, attempts=1, age_seconds=0.0)
+                outcomes.append(("recorded", callback))
+                continue
+            state = current.get(reply.submission_id)
+            if state is None:
+                outcomes.append(("missing", None))
+            elif state["pullkey"] == reply.pullkey and state["state"] in ("answered", "delivered"):
+                # The same grader posting the same submission again (a retried request): already stored.
+                outcomes.append(("duplicate", None))
+            else:
+                outcomes.append(("bad_key", None))
+        return outcomes
 
     async def retire_poison(self, max_pulls: int, failure_body: str) -> list[tuple[int, str]]:
         rows = await self.pool.fetch(QUERIES["retire_poison_submissions"], max_pulls, failure_body)

@@ -39,54 +39,83 @@ SELECT count(*) FROM submissions
 WHERE queue_name = $1 AND state = 'pending'
   AND (lease_expires_at IS NULL OR lease_expires_at <= now());
 
--- name: insert_submission
--- Latest wins (upstream rule): earlier submissions with the same callback URL that nobody is grading
--- right now are retired silently. Then the new row is stored and the pullable count returned.
+-- name: insert_submissions
+-- Stores submissions ($1..$6: one array element each; a batch, see batching.py; a single one is a
+-- batch of one) and returns, per input position n: id, superseded, queue_length.
+-- Latest wins (upstream rule): earlier submissions with the same queue and callback URL that nobody
+-- is grading right now are retired silently. The pairs (queue, URL) of one batch are distinct
+-- (batching.py keeps the others for the next batch), so the batch means the same as its submissions
+-- one after another: queue_length counts the pullable rows of the queue before the statement, minus
+-- what this submission and the ones before it in the batch superseded, plus those it and they added.
 -- Long-polling graders are told only when the queue had nothing pullable: a grader waits only after
 -- finding the queue empty, and one that is woken and finds work wakes the next (get_submission), so
 -- a busy queue costs no NOTIFY per submission. (All parts see the snapshot from before the statement.)
-WITH superseded AS (
-    UPDATE submissions
+-- Ids come from the sequence in input order (the FIFO order of the batch) before the insert, so each
+-- input position knows its row.
+WITH input AS (
+    SELECT nextval('submissions_id_seq') AS id, i.*
+      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[])
+           WITH ORDINALITY AS i(queue_name, callback_url, xqueue_header, xqueue_body, files, requester_id, n)
+     ORDER BY i.n
+), superseded AS (
+    UPDATE submissions s
        SET state = 'retired', retired_reason = 'superseded', finished_at = now()
-     WHERE lms_callback_url = $2 AND state = 'pending' AND queue_name = $1
-       AND (lease_expires_at IS NULL OR lease_expires_at <= now())
-    RETURNING id
+      FROM input i
+     WHERE s.lms_callback_url = i.callback_url AND s.queue_name = i.queue_name AND s.state = 'pending'
+       AND (s.lease_expires_at IS NULL OR s.lease_expires_at <= now())
+    RETURNING i.n
 ), inserted AS (
-    INSERT INTO submissions (queue_name, lms_callback_url, xqueue_header, xqueue_body, files, requester_id)
-    VALUES ($1, $2, $3, $4, $5::jsonb, $6)
-    RETURNING id
+    INSERT INTO submissions (id, queue_name, lms_callback_url, xqueue_header, xqueue_body, files, requester_id)
+    SELECT id, queue_name, callback_url, xqueue_header, xqueue_body, files, requester_id FROM input ORDER BY n
 ), pullable AS (
-    SELECT count(*) - (SELECT count(*) FROM superseded) AS n FROM submissions
-     WHERE queue_name = $1 AND state = 'pending' AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+    SELECT q.queue_name, count(s.id) AS before
+      FROM (SELECT DISTINCT queue_name FROM input) q
+      LEFT JOIN submissions s
+        ON s.queue_name = q.queue_name AND s.state = 'pending'
+       AND (s.lease_expires_at IS NULL OR s.lease_expires_at <= now())
+     GROUP BY q.queue_name
+), outcome AS (
+    SELECT i.n, i.id, i.queue_name, count(x.n) AS superseded
+      FROM input i LEFT JOIN superseded x ON x.n = i.n
+     GROUP BY i.n, i.id, i.queue_name
 ), notified AS (
-    SELECT pg_notify('xqueue_submissions', $1) FROM pullable WHERE n = 0
+    SELECT pg_notify('xqueue_submissions', p.queue_name)
+      FROM pullable p
+     WHERE p.before = (SELECT coalesce(sum(o.superseded), 0) FROM outcome o WHERE o.queue_name = p.queue_name)
 )
-SELECT (SELECT id FROM inserted) AS id,
-       (SELECT count(*) FROM superseded) AS superseded,
-       (SELECT count(*) FROM notified) AS notified,
-       (SELECT n FROM pullable) + 1 AS queue_length;
+SELECT o.n, o.id, o.superseded,
+       (p.before + sum(1 - o.superseded) OVER (PARTITION BY o.queue_name ORDER BY o.n))::bigint AS queue_length,
+       (SELECT count(*) FROM notified) AS notified
+  FROM outcome o JOIN pullable p USING (queue_name)
+ ORDER BY o.n;
 
 -- name: claim_submissions
 -- Atomic claim: FIFO, skips rows another transaction is claiming, never hands out a row with a valid
 -- lease, and issues a fresh unguessable key (gen_random_uuid uses the server's strong RNG).
+-- One statement serves several pulls of one queue at once (a batch, see batching.py): $5 holds one
+-- grader id per slot and $6 the pull (0, 1, ...) each slot belongs to; a pull of max=3 has three
+-- slots. The oldest pullable rows go to the slots in order, so earlier pulls get older submissions.
 WITH next AS (
-    SELECT id, pull_count FROM submissions
-     WHERE queue_name = $1 AND state = 'pending'
-       AND (lease_expires_at IS NULL OR lease_expires_at <= now())
-       AND pull_count < $4
-     ORDER BY id
-     LIMIT $2
-     FOR UPDATE SKIP LOCKED
+    SELECT c.id, c.pull_count, row_number() OVER (ORDER BY c.id) AS slot
+      FROM (SELECT id, pull_count FROM submissions
+             WHERE queue_name = $1 AND state = 'pending'
+               AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+               AND pull_count < $4
+             ORDER BY id
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED) c
+), slots AS (
+    SELECT * FROM unnest($5::text[], $6::int[]) WITH ORDINALITY AS w(grader_id, pull, slot)
 )
 UPDATE submissions s
    SET pull_count = s.pull_count + 1,
        pulled_at = now(),
        lease_expires_at = now() + make_interval(secs => $3),
        pullkey = replace(gen_random_uuid()::text, '-', ''),
-       grader_id = $5
-  FROM next
+       grader_id = slots.grader_id
+  FROM next JOIN slots USING (slot)
  WHERE s.id = next.id
-RETURNING s.id, s.pullkey, s.xqueue_body, s.files, next.pull_count > 0 AS was_expired;
+RETURNING slots.pull, s.id, s.pullkey, s.xqueue_body, s.files, next.pull_count > 0 AS was_expired;
 
 -- name: release_submissions
 -- Claims whose grader went away before the answer reached it ($1 ids with their $2 keys): pullable
@@ -103,34 +132,43 @@ WITH released AS (
 SELECT (SELECT count(*) FROM released) AS released,
        (SELECT count(*) FROM (SELECT pg_notify('xqueue_submissions', queue_name) FROM released) n) AS notified;
 
--- name: record_result
--- Fencing: only the key of the latest pull is accepted. The reply and its callback are stored in one
--- statement, so a stored result always has its outbox row. $4: the queues the caller may pull (NULL: all).
--- $5: when set, this process delivers the callback itself right after the commit: the row is stored
--- already claimed (one attempt, invisible for $5 seconds, like claim_due_callbacks) and nobody is
--- notified; if the process dies first, the row becomes due again and any replica's outbox retries it.
--- NULL: an ordinary due row, announced to the outbox workers.
-WITH answered AS (
-    UPDATE submissions
-       SET state = 'answered', return_time = now(), grader_reply = $3, lease_expires_at = NULL
-     WHERE id = $1 AND pullkey = $2 AND state = 'pending' AND ($4::text[] IS NULL OR queue_name = ANY($4::text[]))
-    RETURNING id, lms_callback_url, xqueue_header
+-- name: record_results
+-- Fencing: only the key of the latest pull is accepted. A reply and its callback are stored in one
+-- statement, so a stored result always has its outbox row. Several replies at once (a batch, see
+-- batching.py; one reply is a batch of one): $1 submission ids (distinct), $2 keys, $3 bodies.
+-- $4: the queues the caller may pull (NULL: all).
+-- $5: when set, this process delivers the callbacks itself right after the commit: the rows are
+-- stored already claimed (one attempt, invisible for $5 seconds, like claim_due_callbacks) and nobody
+-- is notified; if the process dies first, the rows become due again and any replica's outbox retries
+-- them. NULL: ordinary due rows, announced to the outbox workers.
+-- Returns one row per reply that was recorded; the others are looked up with submission_key_states.
+WITH reply AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[]) AS r(id, pullkey, body)
+), answered AS (
+    UPDATE submissions s
+       SET state = 'answered', return_time = now(), grader_reply = r.body, lease_expires_at = NULL
+      FROM reply r
+     WHERE s.id = r.id AND s.pullkey = r.pullkey AND s.state = 'pending'
+       AND ($4::text[] IS NULL OR s.queue_name = ANY($4::text[]))
+    RETURNING s.id, s.lms_callback_url, s.xqueue_header, r.body
 ), queued AS (
     INSERT INTO callbacks (submission_id, kind, url, xqueue_header, xqueue_body, attempts, next_attempt_at)
-    SELECT id, 'grade', lms_callback_url, xqueue_header, $3, CASE WHEN $5::float8 IS NULL THEN 0 ELSE 1 END,
+    SELECT id, 'grade', lms_callback_url, xqueue_header, body, CASE WHEN $5::float8 IS NULL THEN 0 ELSE 1 END,
            now() + make_interval(secs => coalesce($5::float8, 0))
       FROM answered
-    RETURNING id, url, host, xqueue_header
+    RETURNING id, submission_id, url, host, xqueue_header
+), notified AS (
+    SELECT pg_notify('xqueue_callbacks', '') WHERE $5::float8 IS NULL AND EXISTS (SELECT 1 FROM queued)
 )
-SELECT (SELECT count(*) FROM queued) AS recorded,
-       (SELECT count(*) FROM (SELECT pg_notify('xqueue_callbacks', '') FROM queued WHERE $5::float8 IS NULL) n)
-           AS notified,
-       q.id AS callback_id, q.url, q.host, q.xqueue_header
-  FROM (SELECT 1) AS one LEFT JOIN queued q ON true;
+SELECT q.submission_id, q.id AS callback_id, q.url, q.host, q.xqueue_header,
+       (SELECT count(*) FROM notified) AS notified
+  FROM queued q;
 
--- name: submission_key_state
--- A submission outside the caller's queues ($2, NULL: all) is not found, exactly like a missing one.
-SELECT state, pullkey FROM submissions WHERE id = $1 AND ($2::text[] IS NULL OR queue_name = ANY($2::text[]));
+-- name: submission_key_states
+-- Replies record_results did not record ($1 ids): their submission's state and current key. A
+-- submission outside the caller's queues ($2, NULL: all) is not found, exactly like a missing one.
+SELECT id, state, pullkey FROM submissions
+ WHERE id = ANY($1::bigint[]) AND ($2::text[] IS NULL OR queue_name = ANY($2::text[]));
 
 -- name: retire_poison_submissions
 -- A submission pulled max_pulls times without a result is retired and the LMS gets upstream's
