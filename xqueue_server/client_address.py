@@ -33,6 +33,7 @@ def parse_networks(cidrs: tuple[str, ...]) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+@functools.lru_cache(maxsize=4096)  # the same few peers ask again and again; parsing is the cost
 def _address(text: str) -> Address | None:
     text = text.strip()
     if text.startswith("[") and "]" in text:  # "[v6]:port"

@@ -7,6 +7,7 @@ Pure functions only. Strings are copied letter for letter from upstream behaviou
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -121,8 +122,11 @@ def parse_lms_submission(header: Any, body: Any, max_header_bytes: int, max_body
     )
 
 
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def is_absolute_http_url(url: str) -> bool:
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in url) or text_problem(url):
+    if _CONTROL_CHARACTER.search(url) or text_problem(url):
         return False
     try:
         parts = urlsplit(url)
