@@ -10,13 +10,16 @@ primary key costs 0.68 ms of CPU (driver and server together) alone, 0.18 ms per
 
 A lane is one kind of statement with the parameters its items must share (the queue of a claim, the
 scope of a reply). A batch is the run of waiting items, in arrival order, up to the first whose
-``conflict`` key is already in it (a second reply to one submission, a second submission with one
-callback URL); that one starts the next batch. So each batch means the same as running its items one
-after another, in the order they came.
+``conflict`` key is already in it or in a statement in flight (a second reply to one submission, a
+second submission with one callback URL); that one waits for the next batch after that statement. So
+batches mean the same as running their items one after another, in the order they came.
+
+A lane runs up to ``max_in_flight`` statements at once (default 2), so one statement held up in
+PostgreSQL (a row lock someone else keeps) does not stop its lane: the next batch goes beside it.
 
 If a batch fails with an error that is not about the statement (``shared_errors``, the database being
 unavailable), every item gets that error. Any other error may belong to one item, so the items are
-run again one by one and only the item at fault fails. A caller that stops waiting (its request was
+run again each on its own, concurrently, and only the item at fault fails. A caller that stops waiting (its request was
 cancelled) does not stop the statement; its result goes to ``orphaned``, so that for example a claim
 nobody received can be handed back.
 """
@@ -39,7 +42,8 @@ log = logging.getLogger("xqueue.batching")
 @dataclass
 class _Lane(Generic[I, R]):
     waiting: list[tuple[I, asyncio.Future[R]]] = field(default_factory=list)
-    running: bool = False
+    running: int = 0  # statements in flight
+    busy: set[Hashable] = field(default_factory=set)  # conflict keys of the items in flight
 
 
 class Batcher(Generic[K, I, R]):
@@ -51,12 +55,14 @@ class Batcher(Generic[K, I, R]):
         run: Callable[[K, list[I]], Awaitable[Sequence[R]]],
         *,
         max_items: int = 64,
+        max_in_flight: int = 2,
         conflict: Callable[[I], Hashable] | None = None,
         shared_errors: tuple[type[BaseException], ...] = (),
         orphaned: Callable[[K, I, R], Awaitable[None]] | None = None,
     ) -> None:
         self._run = run
         self._max_items = max_items
+        self._max_in_flight = max_in_flight
         self._conflict = conflict
         self._shared_errors = shared_errors
         self._orphaned = orphaned
@@ -71,8 +77,8 @@ class Batcher(Generic[K, I, R]):
             lane = self._lanes[key] = _Lane()
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         lane.waiting.append((item, future))
-        if not lane.running:
-            lane.running = True
+        if lane.running < self._max_in_flight:
+            lane.running += 1
             self._spawn(self._drain(key, lane))
         return await future
 
@@ -90,21 +96,30 @@ class Batcher(Generic[K, I, R]):
         try:
             while lane.waiting:
                 batch = self._take(lane)
-                await self._run_batch(key, batch)
+                if not batch:  # the next item conflicts with one in flight: that statement's drain takes it
+                    break
+                conflicts = {self._conflict(item) for item, _ in batch} if self._conflict is not None else set()
+                lane.busy |= conflicts
+                try:
+                    await self._run_batch(key, batch)
+                finally:
+                    lane.busy -= conflicts
         finally:
-            lane.running = False
-            if lane.waiting:  # only if cancelled mid-way: nobody may be left waiting forever
-                for _item, future in lane.waiting:
-                    future.cancel()
-                lane.waiting.clear()
-            if self._lanes.get(key) is lane:
-                del self._lanes[key]
+            lane.running -= 1
+            if lane.running == 0:
+                if lane.waiting:  # only if cancelled mid-way: nobody may be left waiting forever
+                    for _item, future in lane.waiting:
+                        future.cancel()
+                    lane.waiting.clear()
+                if self._lanes.get(key) is lane:
+                    del self._lanes[key]
 
     def _take(self, lane: _Lane[I, R]) -> list[tuple[I, asyncio.Future[R]]]:
-        """The longest run of waiting items, in arrival order, without a conflict: the batch keeps the
-        order of its items, and what follows it stays in order for the next."""
+        """The longest run of waiting items, in arrival order, without a conflict among them or with an
+        item in flight: the batch keeps the order of its items, and what follows stays in order for the
+        next."""
         waiting = [entry for entry in lane.waiting if not entry[1].done()]  # done: its caller left before
-        seen: set[Hashable] = set()
+        seen: set[Hashable] = set(lane.busy)
         size = 0
         for item, _future in waiting[: self._max_items]:
             if self._conflict is not None:
@@ -134,9 +149,8 @@ class Batcher(Generic[K, I, R]):
                     if not future.done():
                         future.set_exception(exc)
                 return
-            # One item may be at fault: run them alone, so the others still succeed.
-            for entry in batch:
-                await self._run_batch(key, [entry])
+            # One item may be at fault: run each alone, so the others still succeed.
+            await asyncio.gather(*(self._run_batch(key, [entry]) for entry in batch))
             return
         if len(results) != len(items):  # a bug in ``run``: fail loudly rather than misroute results
             error = RuntimeError(f"batch of {len(items)} returned {len(results)} results")

@@ -44,7 +44,7 @@ def test_an_idle_lane_sends_at_once_and_items_arriving_meanwhile_go_together() -
     async def scenario() -> None:
         statement = Statement()
         statement.release.clear()
-        batcher: Batcher[str, int, int] = Batcher(statement)
+        batcher: Batcher[str, int, int] = Batcher(statement, max_in_flight=1)
         first = asyncio.ensure_future(batcher.submit("q", 1))
         await settle()
         assert statement.batches == [("q", [1])]  # no timer: sent while nothing else is waiting
@@ -61,11 +61,49 @@ def test_an_idle_lane_sends_at_once_and_items_arriving_meanwhile_go_together() -
     asyncio.run(scenario())
 
 
+def test_a_second_statement_goes_beside_one_held_up_and_the_rest_wait_for_either() -> None:
+    async def scenario() -> None:
+        statement = Statement()
+        statement.release.clear()
+        batcher: Batcher[str, int, int] = Batcher(statement, max_in_flight=2)
+        first = asyncio.ensure_future(batcher.submit("q", 1))
+        await settle()
+        second = asyncio.ensure_future(batcher.submit("q", 2))
+        await settle()
+        rest = [asyncio.ensure_future(batcher.submit("q", n)) for n in (3, 4)]
+        await settle()
+        assert statement.batches == [("q", [1]), ("q", [2])]
+        statement.release.set()
+        assert await asyncio.gather(first, second, *rest) == [10, 20, 30, 40]
+        assert statement.batches == [("q", [1]), ("q", [2]), ("q", [3, 4])]
+
+    asyncio.run(scenario())
+
+
+def test_an_item_conflicting_with_one_in_flight_waits_for_it_even_with_a_free_slot() -> None:
+    async def scenario() -> None:
+        statement = Statement()
+        statement.release.clear()
+        batcher: Batcher[str, int, int] = Batcher(statement, conflict=lambda item: item % 2, max_in_flight=2)
+        first = asyncio.ensure_future(batcher.submit("q", 1))
+        await settle()
+        same_key = asyncio.ensure_future(batcher.submit("q", 3))
+        await settle()
+        assert statement.batches == [("q", [1])]  # 3 would run beside 1, not after it
+        statement.release.set()
+        assert await asyncio.gather(first, same_key) == [10, 30]
+        assert statement.batches == [("q", [1]), ("q", [3])]
+        assert batcher._lanes == {}
+
+    asyncio.run(scenario())
+
+
 def test_conflicting_items_never_share_a_batch_and_keep_their_order() -> None:
     async def scenario() -> None:
         statement = Statement()
         statement.release.clear()
-        batcher: Batcher[str, int, int] = Batcher(statement, conflict=lambda item: item % 2, max_items=10)
+        batcher: Batcher[str, int, int] = Batcher(statement, conflict=lambda item: item % 2, max_items=10,
+                                                  max_in_flight=1)
         first = asyncio.ensure_future(batcher.submit("q", 100))
         await settle()
         waiting = [asyncio.ensure_future(batcher.submit("q", n)) for n in (1, 3, 2, 5, 4)]
@@ -82,7 +120,7 @@ def test_batches_are_bounded() -> None:
     async def scenario() -> None:
         statement = Statement()
         statement.release.clear()
-        batcher: Batcher[str, int, int] = Batcher(statement, max_items=3)
+        batcher: Batcher[str, int, int] = Batcher(statement, max_items=3, max_in_flight=1)
         first = asyncio.ensure_future(batcher.submit("q", 0))
         await settle()
         waiting = [asyncio.ensure_future(batcher.submit("q", n)) for n in range(1, 8)]
@@ -98,7 +136,7 @@ def test_an_item_at_fault_fails_alone() -> None:
     async def scenario() -> None:
         statement = Statement(fail_on={3})
         statement.release.clear()
-        batcher: Batcher[str, int, int] = Batcher(statement)
+        batcher: Batcher[str, int, int] = Batcher(statement, max_in_flight=1)
         first = asyncio.ensure_future(batcher.submit("q", 1))
         await settle()
         waiting = [asyncio.ensure_future(batcher.submit("q", n)) for n in (2, 3, 4)]
@@ -117,7 +155,7 @@ def test_a_shared_error_fails_the_whole_batch_without_retries() -> None:
     async def scenario() -> None:
         statement = Statement(fail_all=Unavailable("down"))
         statement.release.clear()
-        batcher: Batcher[str, int, int] = Batcher(statement, shared_errors=(Unavailable,))
+        batcher: Batcher[str, int, int] = Batcher(statement, shared_errors=(Unavailable,), max_in_flight=1)
         first = asyncio.ensure_future(batcher.submit("q", 1))
         await settle()
         waiting = [asyncio.ensure_future(batcher.submit("q", n)) for n in (2, 3)]
@@ -139,7 +177,7 @@ def test_a_caller_that_stops_waiting_does_not_stop_the_statement_and_its_result_
         async def orphaned(key: str, item: int, result: int) -> None:
             orphans.append((key, item, result))
 
-        batcher: Batcher[str, int, int] = Batcher(statement, orphaned=orphaned)
+        batcher: Batcher[str, int, int] = Batcher(statement, orphaned=orphaned, max_in_flight=1)
         gone = asyncio.ensure_future(batcher.submit("q", 1))
         await settle()
         never_sent = asyncio.ensure_future(batcher.submit("q", 2))
