@@ -38,7 +38,7 @@ from .scaler import Scaler
 from .state import Course, Key, trim_coursegrader
 from .status import queue_conflicts
 from .status_writer import PODS_RECHECK, StatusWriter
-from .workqueue import Backoff, Failure, WorkQueue
+from .workqueue import Backoff, Failure, WorkQueue, cancel_and_wait
 from .xqueue import XQueueClient
 
 log = logging.getLogger(__name__)
@@ -105,12 +105,7 @@ class Controller:
 
     async def stop(self) -> None:
         await self.queue.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
+        await cancel_and_wait(self._tasks)
         await self.kube.close()
         await self.xq.close()
 

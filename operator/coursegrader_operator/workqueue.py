@@ -193,12 +193,7 @@ class WorkQueue(Generic[K, W]):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"cg-worker-{i}"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
+        await cancel_and_wait(self._tasks)
 
     async def _worker(self) -> None:
         while True:
@@ -223,3 +218,13 @@ class WorkQueue(Generic[K, W]):
                 self.core.done(key)
             finally:
                 self._wake.set()  # this key's newer work (or a retry) may now be taken
+
+
+async def cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks``, wait until each has finished (whatever it raised), and forget them."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    tasks.clear()

@@ -1,6 +1,11 @@
 """Long-polling graders and a backlog: a submission is announced only when it lands in an empty queue,
 and a grader that finds work wakes the next waiting one, so a burst reaches every waiting grader at
-once (not by the periodic re-check) and each submission is handed out exactly once."""
+once (not by the periodic re-check) and each submission is handed out exactly once.
+
+What this proves is the outcome: with the re-check pushed to 60 s, every waiting grader is served
+within its pull. Which path woke each grader is not forced: submissions stored by separate
+statements may each find the queue empty and each announce; those stored in one statement (group
+commit) announce once, and the woken grader then wakes the next."""
 
 from __future__ import annotations
 
