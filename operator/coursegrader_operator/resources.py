@@ -22,7 +22,28 @@ from .config import OperatorConfig
 from .spec import CourseGraderSpec
 
 GRADER_APP = "xqueue-grader"
-UID = 10001  # any non-root uid works: Pod Security "restricted" only demands runAsNonRoot
+# The images' user. Pods run as it (and it owns their volumes, fsGroup), and so does fetch-course: git
+# and ssh need its passwd entry, and the demo image's repository belongs to it.
+UID = 10001
+# The grader container (the daemon, and the student code it runs) has a uid of its course's own, in
+# this range: see grader_uid.
+GRADER_UID_BASE = 1_000_000
+GRADER_UID_SPAN = 1 << 30
+
+
+def grader_uid(namespace: str, name: str) -> int:
+    """The uid a course's grader containers run as: one per course, the same on every reconcile.
+
+    RLIMIT_NPROC, the sandbox's bound on student processes, counts every task of a uid on the node
+    (pods share the host's user namespace). Were all graders one uid, one course's fork bomb, or
+    just a few busy grader pods, would leave another course's student code unable to fork at all;
+    with a uid per course, a course's budget is shared only by its own replicas. Derived from the
+    course's namespace and name, so nothing has to be stored; two courses get the same uid with
+    probability about n²/2^31 for n courses, and then share one budget, as every course did before.
+    Far above the host's own users (below 65536) and the images' 10001.
+    """
+    digest = hashlib.sha256(f"{namespace}/{name}".encode()).digest()
+    return GRADER_UID_BASE + int.from_bytes(digest[:8], "big") % GRADER_UID_SPAN
 
 
 @dataclass(frozen=True)
@@ -276,7 +297,8 @@ def build_deployment(owner: Owner, spec: CourseGraderSpec, replicas: int) -> dic
         "readinessProbe": {"httpGet": {"path": "/readyz", **probe_get}, "periodSeconds": 5,
                            "failureThreshold": 2, "timeoutSeconds": 2},
         "resources": resources,
-        "securityContext": _container_security(),
+        # The course's own uid (grader_uid); its group stays the pod's, which owns the volumes.
+        "securityContext": {**_container_security(), "runAsUser": grader_uid(owner.namespace, owner.name)},
         "volumeMounts": [
             # Read-only: student code runs in this container and must not rewrite the graders.
             {"name": "course", "mountPath": C.GRADER_ROOT, "readOnly": True},

@@ -54,13 +54,11 @@ def credentials_secret(name: str, namespace: str, username: str, password: str) 
             "type": "kubernetes.io/basic-auth", "data": {"username": b64(username), "password": b64(password)}}
 
 
-def idle_pod(deployment: dict[str, Any], name: str, *, uid: int | None = None) -> dict[str, Any]:
+def idle_pod(deployment: dict[str, Any], name: str) -> dict[str, Any]:
     """A bare Pod with the grader Deployment's pod spec whose grader container only waits.
 
-    Same image, security contexts, resources and volumes; no probes, no daemon, and no fetch-course
-    init container (what runs here brings its own files; and under another uid git would refuse the
-    demo image's repository, which belongs to 10001). `uid` replaces the pod's user id; see the caller
-    for why.
+    Same image, security contexts (the course's own uid included), resources and volumes; no probes,
+    no daemon, and no fetch-course init container (what runs here brings its own files).
     """
     template = copy.deepcopy(deployment["spec"]["template"])
     spec = template["spec"]
@@ -75,8 +73,6 @@ def idle_pod(deployment: dict[str, Any], name: str, *, uid: int | None = None) -
     container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "credentials"]
     spec["volumes"] = [v for v in spec["volumes"] if v["name"] != "credentials"]
     spec["terminationGracePeriodSeconds"] = 1
-    if uid is not None:
-        spec["securityContext"].update({"runAsUser": uid, "runAsGroup": uid, "fsGroup": uid})
     labels = dict(template["metadata"].get("labels") or {})
     # Not one of the Deployment's pods: keep its selector labels off.
     labels = {k: v for k, v in labels.items() if not k.startswith("app.kubernetes.io/instance")}

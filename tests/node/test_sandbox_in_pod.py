@@ -1,6 +1,6 @@
 """The grader sandbox inside a real Pod Security "restricted" pod on the real node (tier C).
 
-Locally the sandbox tests run as root on the host; in a cluster the grader runs as uid 10001 with
+Locally the sandbox tests run as root on the host; in a cluster the grader runs as its course's uid with
 no capabilities, no_new_privs, the runtime's default seccomp profile and a read-only root, and the
 sandbox must build its own layers on top of that. Two checks:
 
@@ -15,7 +15,6 @@ sandbox must build its own layers on top of that. Two checks:
 from __future__ import annotations
 
 import json
-import random
 import re
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 import requests
 
+from coursegrader_operator.resources import grader_uid
 from tests.node import inpod_suite
 from tests.node.grader_pod import coursegrader_spec, credentials_secret, idle_pod, operator_objects
 from tests.node.podops import apply, describe, pods, wait_for, wait_started
@@ -93,7 +93,9 @@ def test_grader_pod_reports_its_isolation_layers(real_cluster: Any, node_namespa
         ("no_capabilities", layers["no_capabilities"]), ("read_only_root", layers["read_only_root"]),
         ("ipc_namespace_per_run", layers["ipc_namespace_per_run"])) if on}
     assert active == EXPECTED_LAYERS, json.dumps(layers, indent=1)
-    assert layers["exposed_paths"] == [] and layers["sandbox_uid"] == 10001, layers
+    # The course's own uid (RLIMIT_NPROC is counted per uid node-wide), not the images' 10001.
+    uid = grader_uid(ns, "layers")
+    assert layers["exposed_paths"] == [] and layers["sandbox_uid"] == uid, layers
 
     # 2. What the grader container and a sandboxed student process have, measured in the pod.
     out = real_cluster.kubectl("exec", "-i", "-n", ns, name, "-c", CONTAINER, "--", "python", "-",
@@ -106,7 +108,7 @@ def test_grader_pod_reports_its_isolation_layers(real_cluster: Any, node_namespa
     assert {k: status[k] for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")} == dict.fromkeys(
         ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"), "0000000000000000"), status
     assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2", status
-    assert container["euid"] == 10001
+    assert container["euid"] == uid
     assert container["root_fs"].startswith("OSError: Read-only file system"), container["root_fs"]
     # The sandbox's own layers on top, as detected at start-up.
     assert report["features"]["seccomp"] is True and report["features"]["landlock"] is True, report["features"]
@@ -141,11 +143,11 @@ def test_abuse_suite_passes_inside_a_grader_pod(real_cluster: Any, node_namespac
                              server_url="http://127.0.0.1:9", secret="unused")
     objects = operator_objects("abuse", ns, spec)
     deployment = objects["Deployment"]
-    # The grader pod's spec with an idle process in place of the daemon. Its own uid: RLIMIT_NPROC
-    # counts the tasks of a uid machine-wide (no user namespaces), and every pod of the chart runs as
-    # 10001 - the fork-bomb case must not depend on how busy the rest of the node is (the local
-    # suite gives each session its own uid for the same reason).
-    pod = idle_pod(deployment, "abuse-suite", uid=random.randint(20000, 29999))
+    # The grader pod's spec with an idle process in place of the daemon. It runs under the course's
+    # own uid, as every grader container does: RLIMIT_NPROC counts the tasks of a uid machine-wide
+    # (no user namespaces), so the fork-bomb case must not depend on how busy the rest of the node
+    # is (the local suite gives each session its own uid for the same reason).
+    pod = idle_pod(deployment, "abuse-suite")
     apply(real_cluster, [objects["ServiceAccount"], pod])
     wait_started(real_cluster, ns, "abuse-suite", CONTAINER, timeout=180)
 

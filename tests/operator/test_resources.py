@@ -18,6 +18,7 @@ from coursegrader_operator.resources import (
     build_objects,
     build_service_account,
     config_hash,
+    grader_uid,
     grader_username,
     termination_grace_seconds,
 )
@@ -70,6 +71,22 @@ def test_pod_meets_pod_security_restricted(owner: Owner, spec: CourseGraderSpec)
         assert sc["readOnlyRootFilesystem"] is True
     for volume in pod["volumes"]:
         assert "hostPath" not in volume
+
+
+def test_each_course_grades_under_a_uid_of_its_own(owner: Owner, spec: CourseGraderSpec) -> None:
+    """RLIMIT_NPROC counts a uid's tasks node-wide: courses must not share one (see grader_uid)."""
+    pod = build_deployment(owner, spec, 1)["spec"]["template"]["spec"]
+    (grader,), (fetch,) = pod["containers"], pod["initContainers"]
+    uid = grader["securityContext"]["runAsUser"]
+    assert uid == grader_uid(owner.namespace, owner.name) == grader_uid(owner.namespace, owner.name)
+    assert 1_000_000 <= uid < 1_000_000 + 2**30
+    # fetch-course and the volumes stay with the images' user and group (git, ssh, the demo repository).
+    assert "runAsUser" not in fetch["securityContext"]
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"],
+            pod["securityContext"]["fsGroup"]) == (10001, 10001, 10001)
+    courses = {grader_uid(ns, f"course-{n}") for ns in ("physics", "cs50") for n in range(500)}
+    assert len(courses) == 1000  # distinct across names and namespaces (a collision would only share a budget)
+    assert grader_uid("a", "b-c") != grader_uid("a-b", "c")
 
 
 def test_probes_use_the_grader_health_port(owner: Owner, spec: CourseGraderSpec) -> None:
