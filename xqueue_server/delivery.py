@@ -15,7 +15,9 @@ Fairness: several LMSes may share one server. Each LMS host (host:port of the ca
 most ``callback_per_host_concurrency`` deliveries in flight per process, and the claim skips hosts
 that are at their bound, so an LMS that accepts connections and never answers holds a few slots
 (its rows back off after each timed-out attempt) while every other LMS keeps its callbacks flowing.
-A host that does not complete the TCP handshake fails after the short connect timeout.
+A host that does not complete the TCP handshake fails after the short connect timeout. Within a
+host, callbacks go in the order their grades came: once one had to be handed to the outbox for want
+of a slot, new ones for that host follow it there until the outbox has none left.
 """
 
 from __future__ import annotations
@@ -91,6 +93,10 @@ class CallbackDeliverer:
         self._slots_limited = True  # see _run_once
         # Inline callbacks waiting for a slot of their host: host -> (callback, since).
         self._inline_waiting: dict[str, deque[tuple[DueCallback, float]]] = {}
+        # Hosts with callbacks this process handed back to the outbox for want of a slot, and how many
+        # hand-backs are still being written: a new callback for such a host goes behind them.
+        self._backlogged: set[str] = set()
+        self._handing_back: dict[str, int] = {}
 
     def stop(self) -> None:
         """Finish the current claim and in-flight attempts, then return from ``run``."""
@@ -113,6 +119,11 @@ class CallbackDeliverer:
         limit = self.settings.callback_per_host_concurrency
         if self._session is None or self._stopping or len(self._tasks) >= self.settings.callback_concurrency:
             self._spawn(self._unclaim(callback))
+        elif callback.host in self._backlogged:
+            # Earlier callbacks of this host wait in the outbox for a slot: this one queues behind them
+            # there. Taking the next free slot instead would let a steady stream of new grades keep
+            # the host busy while the outbox rows wait for a lull.
+            self._hand_back(callback)
         elif self._per_host.get(callback.host, 0) < limit:
             self._start(callback)
         else:
@@ -120,17 +131,39 @@ class CallbackDeliverer:
             # only a few, so a hanging LMS does not keep claimed rows from the outbox.
             waiting = self._inline_waiting.setdefault(callback.host, deque())
             if len(waiting) >= limit:
-                self._spawn(self._unclaim(callback))
+                self._hand_back(callback)
             else:
                 waiting.append((callback, time.monotonic()))
+
+    def _hand_back(self, callback: DueCallback) -> None:
+        """Give a callback's first attempt to the outbox because its host has no slot; until the outbox
+        has none of this host's rows left (``_run_once``), new callbacks for the host follow it there."""
+        host = callback.host
+        self._backlogged.add(host)
+        self._handing_back[host] = self._handing_back.get(host, 0) + 1
+
+        async def hand_back() -> None:
+            try:
+                await self._unclaim(callback)
+            finally:
+                left = self._handing_back.get(host, 1) - 1
+                if left > 0:
+                    self._handing_back[host] = left
+                else:
+                    self._handing_back.pop(host, None)
+
+        self._spawn(hand_back())
 
     def _start_waiting(self, host: str) -> None:
         """A slot of ``host`` is free: start its oldest waiting inline callback (stale ones go back)."""
         waiting = self._inline_waiting.get(host)
         while waiting:
             callback, since = waiting.popleft()
-            if self._stopping or time.monotonic() - since > INLINE_WAIT_SECONDS:
+            if self._stopping:
                 self._spawn(self._unclaim(callback))
+                continue
+            if time.monotonic() - since > INLINE_WAIT_SECONDS:
+                self._hand_back(callback)
                 continue
             self._start(callback)
             break
@@ -217,18 +250,22 @@ class CallbackDeliverer:
     async def _run_once(self) -> None:
         self.wakeup.clear()
         free = self.settings.callback_concurrency - len(self._tasks)
+        limit = self.settings.callback_per_host_concurrency
+        in_flight = dict(self._per_host)
         due: list[DueCallback] = []
+        claimed = False
         if free > 0:
             try:
                 # Invisible long enough for one attempt to finish; a crashed worker's row comes back after.
                 due = await self.db.claim_due_callbacks(
-                    free, self.settings.callback_timeout_seconds + INVISIBLE_MARGIN_SECONDS, dict(self._per_host),
-                    self.settings.callback_per_host_concurrency)
+                    free, self.settings.callback_timeout_seconds + INVISIBLE_MARGIN_SECONDS, in_flight, limit)
+                claimed = True
             except DatabaseUnavailable:
                 pass  # a database restart must not kill the worker; the outage is logged once (outage.py)
             except Exception as exc:
                 log.warning("outbox claim failed", extra={"fields": error_fields(exc)})
-        limit = self.settings.callback_per_host_concurrency
+        if claimed and len(due) < free:
+            self._end_backlogs(due, in_flight, limit)
         # Whether due rows may have been left because slots were short (all taken, or a host at its
         # bound): only then is a finished delivery a reason to claim again before the next tick.
         self._slots_limited = free <= 0 or len(due) == free or any(n >= limit for n in self._per_host.values())
@@ -242,6 +279,17 @@ class CallbackDeliverer:
         except TimeoutError:
             pass
 
+    def _end_backlogs(self, due: list[DueCallback], in_flight: dict[str, int], limit: int) -> None:
+        """After a claim the total bound did not cut short: a backlogged host that got fewer rows than
+        it had free slots has nothing due in the outbox any more, so its new callbacks may go inline
+        again (unless hand-backs are still being written, which the claim could not see yet)."""
+        taken: dict[str, int] = {}
+        for callback in due:
+            taken[callback.host] = taken.get(callback.host, 0) + 1
+        for host in list(self._backlogged):
+            if not self._handing_back.get(host) and taken.get(host, 0) < limit - in_flight.get(host, 0):
+                self._backlogged.discard(host)
+
     def _task_done(self, task: asyncio.Task[None]) -> None:
         host = self._tasks.pop(task, None)
         if host is not None:
@@ -252,7 +300,7 @@ class CallbackDeliverer:
                 self._per_host.pop(host, None)
             self._start_waiting(host)
         self._report_saturation()
-        if self._slots_limited:
+        if self._slots_limited or host in self._backlogged:
             self.wakeup.set()  # a slot is free again, and work may be waiting for one
 
     def _report_saturation(self) -> None:
