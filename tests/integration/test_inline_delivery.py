@@ -12,10 +12,12 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncpg
+import pytest
 import requests
 
 from tests.integration.clients import GRADE, GraderClient, LMSClient
 from tests.waiting import wait_until_blocking
+from xqueue_server import delivery
 from xqueue_server.db import Database
 from xqueue_server.testing import FakeLMS, ServerThread
 
@@ -112,12 +114,16 @@ def test_a_remembered_session_is_refused_right_after_a_plain_sql_change(
     assert status() == 302
 
 
+@pytest.mark.parametrize("waiting_per_slot", [16, 1], ids=["in-process", "through-the-outbox"])
 def test_a_saturated_host_gets_its_callbacks_in_the_order_the_grades_came(
-        xqueue_factory: Callable[..., ServerThread], fake_lms: FakeLMS) -> None:
-    """Grades arrive faster than the LMS takes callbacks. Those that found the host's slot and its
-    short inline queue full wait in the outbox; a later grade must not take a freed slot ahead of
-    them, or under steady load the outbox rows wait for a lull that never comes (seen in the server
-    benchmark at 64 clients: a p99 of seconds beside a p50 of 27 ms)."""
+        xqueue_factory: Callable[..., ServerThread], fake_lms: FakeLMS, monkeypatch: pytest.MonkeyPatch,
+        waiting_per_slot: int) -> None:
+    """Grades arrive faster than the LMS takes callbacks, so they queue for the host's one slot: in
+    the server process, or (when that queue is full, as with a bound of 1 here) in the outbox. A
+    later grade must not take a freed slot ahead of an earlier one in either place, or under steady
+    load the outbox rows wait for a lull that never comes (seen in the server benchmark at 64
+    clients: a p99 of seconds beside a p50 of 27 ms)."""
+    monkeypatch.setattr(delivery, "INLINE_WAITING_PER_SLOT", waiting_per_slot)
     server = xqueue_factory(callback_per_host_concurrency=1)
     fake_lms.delay = 0.15  # one slot, 0.15 s per callback: about 6.7 callbacks/s
     lms, grader = LMSClient(server), GraderClient(server)
