@@ -16,8 +16,9 @@ most ``callback_per_host_concurrency`` deliveries in flight per process, and the
 that are at their bound, so an LMS that accepts connections and never answers holds a few slots
 (its rows back off after each timed-out attempt) while every other LMS keeps its callbacks flowing.
 A host that does not complete the TCP handshake fails after the short connect timeout. Within a
-host, callbacks go in the order their grades came: once one had to be handed to the outbox for want
-of a slot, new ones for that host follow it there until the outbox has none left.
+host, callbacks go in the order their grades came: over the host's bound they wait in the process
+for a slot (briefly, a bounded number), and a freed slot goes to the oldest callback, whether it
+waits here or was handed to the outbox (``_fill_slots``).
 """
 
 from __future__ import annotations
