@@ -19,9 +19,9 @@ PostgreSQL (a row lock someone else keeps) does not stop its lane: the next batc
 
 If a batch fails with an error that is not about the statement (``shared_errors``, the database being
 unavailable), every item gets that error. Any other error may belong to one item, so the items are
-run again each on its own, concurrently, and only the item at fault fails. A caller that stops waiting (its request was
-cancelled) does not stop the statement; its result goes to ``orphaned``, so that for example a claim
-nobody received can be handed back.
+run again each on its own, concurrently, and only the item at fault fails. A caller that stops
+waiting (its request was cancelled) does not stop the statement; its result goes to ``orphaned``,
+so that for example a claim nobody received can be handed back.
 """
 
 from __future__ import annotations
