@@ -143,11 +143,13 @@ def test_spec_change_updates_config_and_rolls_pods(ns: str, rest: Rest) -> None:
         rest.patch(C.KIND, ns, "course-c", {"spec": {"slots": 5, "sandbox": {"memoryMB": 512}}})
         wait_for(lambda: (cm := rest.get("ConfigMap", ns, "course-c-grader-config"))
                  and cm["data"]["XQGRADER_SLOTS"] == "5", timeout=15, what="ConfigMap updated")
-        dep = rest.get("Deployment", ns, "course-c-grader")
-        assert dep is not None
+        # One reconcile applies the ConfigMap and then the Deployment, each its own request: wait for
+        # the Deployment too rather than reading it the moment the ConfigMap changed.
         key = C.ANNOTATION_CONFIG_HASH
-        assert dep["spec"]["template"]["metadata"]["annotations"][key] != \
-            dep_before["spec"]["template"]["metadata"]["annotations"][key]
+        old_hash = dep_before["spec"]["template"]["metadata"]["annotations"][key]
+        dep = wait_for(lambda: (d := rest.get("Deployment", ns, "course-c-grader"))
+                       and d["spec"]["template"]["metadata"]["annotations"][key] != old_hash and d,
+                       timeout=15, what="Deployment rolled to the new config")
         assert dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] == \
             f"{256 + 5 * 512}Mi"
         after = ready_cg(rest, ns, "course-c")
