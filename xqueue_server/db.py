@@ -251,7 +251,7 @@ class Database:
             shared_errors=(DatabaseUnavailable,))
 
     def batch_sizes(self) -> dict[str, tuple[int, int]]:
-        """(statements, items) per batched kind so far; the bench reports the mean batch size."""
+        """(statements, items) per batched kind so far: items / statements is the mean batch size."""
         return {name: (b.batches, b.items) for name, b in
                 (("insert", self._inserts), ("claim", self._claims), ("reply", self._replies))}
 
