@@ -5,8 +5,9 @@ Natural batching: an item that finds its lane idle goes out at once (no timer, s
 no latency); while a statement is in flight, new items wait, and when it returns they all go in one
 statement and one commit. Batches grow with the load by themselves. What a statement costs apart from
 its rows (the driver's call, PostgreSQL's parse, plan and commit with its WAL flush) is then paid once
-per batch instead of once per request: measured on this machine's durable PostgreSQL, an UPDATE by
-primary key costs 0.68 ms of CPU (driver and server together) alone, 0.18 ms per row in batches of 4.
+per batch instead of once per request (measured once on durable PostgreSQL, with a throwaway
+script: an UPDATE by primary key cost 0.68 ms of CPU, driver and server together, alone, and 0.18 ms
+per row in batches of 4; the README's server benchmark has the figures that count).
 
 A lane is one kind of statement with the parameters its items must share (the queue of a claim, the
 scope of a reply). A batch is the run of waiting items, in arrival order, up to the first whose
